@@ -1,0 +1,111 @@
+"""What is measured: a Case is one configuration; a Row one measured quantity of it."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from celora_bench.timing import TimeStats
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration of a suite. Field order is the CSV column order.
+
+    provider: "dense" (our LoRA, p=1), "peft" (HF peft LoRA Linear) or "celora".
+    m, n: the layer's output and input features; tokens: N rows of x.
+    params: suite-specific extras as sorted (name, value) pairs.
+    """
+
+    suite: str
+    provider: str
+    model: str
+    layer: str
+    m: int
+    n: int
+    tokens: int
+    rank: int
+    keep_ratio: float = 1.0
+    svd_rank: int = 0
+    score: str = "product"
+    cache_rows: bool = False
+    tau: int = 200
+    dtype: str = "float32"
+    device: str = "cpu"
+    params: tuple = ()
+
+    @property
+    def id(self) -> str:
+        """A stable, readable id; ``-k`` filters match substrings of it."""
+        parts = [self.suite, self.model, self.layer, self.provider, f"N{self.tokens}", f"r{self.rank}"]
+        if self.provider == "celora":
+            mode = "cached" if self.cache_rows else "lean"
+            parts += [f"p{self.keep_ratio:g}", f"r0={self.svd_rank}", self.score, mode, f"tau{self.tau}"]
+        parts += [f"{k}={v}" for k, v in self.params]
+        parts += [self.dtype, self.device]
+        return "/".join(parts)
+
+    def param(self, name: str, default=None):
+        return dict(self.params).get(name, default)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["params"] = {k: v for k, v in self.params}
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Case":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["params"] = tuple(sorted((d.get("params") or {}).items()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured component of one case. Raw time samples are kept (seconds per call).
+
+    component: "fwd.frozen" ... "bwd.grad_x_frozen" (the brief's table),
+    "selection" (one index refresh), "selection.amortized" (that over tau),
+    "fwd", "bwd", "fwd+bwd" (timed whole, in place), "state" (persistent bytes).
+    """
+
+    case: Case
+    component: str
+    samples: tuple[float, ...] = ()
+    flops_analytic: int | None = None
+    flops_counted: int | None = None
+    mem_bytes: int | None = None
+    mem_what: str = ""
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def time(self) -> TimeStats | None:
+        return TimeStats(self.samples) if self.samples else None
+
+    def to_json(self) -> dict:
+        t = self.time
+        return {
+            "case_id": self.case.id,
+            "case": self.case.to_json(),
+            "component": self.component,
+            "unit": "s",
+            "samples": list(self.samples),
+            "median": t.median if t else None,
+            "iqr": t.iqr if t else None,
+            "min": t.min if t else None,
+            "count": t.count if t else 0,
+            "spread": t.spread if t else False,
+            "flops_analytic": self.flops_analytic,
+            "flops_counted": self.flops_counted,
+            "mem_bytes": self.mem_bytes,
+            "mem_what": self.mem_what,
+            "note": self.note,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Row":
+        return cls(case=Case.from_json(d["case"]), component=d["component"],
+                   samples=tuple(d.get("samples") or ()), flops_analytic=d.get("flops_analytic"),
+                   flops_counted=d.get("flops_counted"), mem_bytes=d.get("mem_bytes"),
+                   mem_what=d.get("mem_what", ""), note=d.get("note", ""), extra=d.get("extra") or {})

@@ -1,0 +1,245 @@
+"""celora-bench: run suites, show, export and plot their results, compare and gate runs."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")   # the profiler's start/stop chatter
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+EPILOG = """examples:
+  celora-bench list
+  celora-bench run backward-breakdown --quick
+  celora-bench run backward-breakdown --full -k q_proj --out results/q.json
+  celora-bench run backward-breakdown --quick --resume --out results/q.json
+  celora-bench show results/runs/LATEST.json --detail
+  celora-bench export RUN --format csv --out table.csv
+  celora-bench plot RUN --out plots/
+"""
+
+
+class CLIError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise CLIError(message)
+
+
+def _threads(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads {v!r} is not an integer >= 1") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--threads {n} is invalid; allowed: an integer >= 1")
+    return n
+
+
+def _shard(v: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in v.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {v!r} is invalid; allowed: i/n with 1 <= i <= n") from None
+    if not 1 <= i <= n:
+        raise argparse.ArgumentTypeError(f"--shard {v!r} is invalid; allowed: i/n with 1 <= i <= n")
+    return i, n
+
+
+def build_parser() -> Parser:
+    from celora_bench.suite import DEVICES, DTYPES
+
+    ap = Parser(prog="celora-bench", description=__doc__, epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", parser_class=Parser, metavar="COMMAND")
+    sub.add_parser("list", help="the suites, with case counts in quick and full mode")
+
+    run = sub.add_parser("run", help="run suites and write a results JSON", epilog=EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("suites", nargs="+", metavar="SUITE")
+    size = run.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="mode", action="store_const", const="quick", help="small sweep (default)")
+    size.add_argument("--full", dest="mode", action="store_const", const="full", help="the whole sweep")
+    run.set_defaults(mode="quick")
+    run.add_argument("--device", choices=DEVICES, default="cpu")
+    run.add_argument("--dtype", choices=DTYPES, default="float32")
+    run.add_argument("--model", default=None, help="named model shapes (see 'list') or, where a suite "
+                                                   "trains, a local checkpoint path via --model-path")
+    run.add_argument("--model-path", default=None, help="a local transformers checkpoint folder")
+    run.add_argument("--data", default=None, help="a local text or JSONL file")
+    run.add_argument("--batch", type=int, default=None)
+    run.add_argument("--seq", type=int, default=None)
+    run.add_argument("-k", dest="filter", default=None, help="only cases whose id contains FILTER")
+    run.add_argument("--out", default=None, help="results file (default results/runs/<time>-<suites>.json)")
+    run.add_argument("--resume", action="store_true", help="skip the cases already in --out")
+    run.add_argument("--threads", type=_threads, default=None, help="torch threads (default: torch's)")
+    run.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                     help="glibc malloc: tuned keeps large blocks on the heap (default); see README")
+    run.add_argument("--shard", type=_shard, default=None, metavar="i/n",
+                     help="run the i-th of n deterministic parts of the cases")
+    run.add_argument("--detail", action="store_true", help="also print every case's component table")
+
+    show = sub.add_parser("show", help="render a saved run's tables and verdict")
+    show.add_argument("run", metavar="RUN")
+    show.add_argument("--detail", action="store_true", help="every case's component table")
+
+    exp = sub.add_parser("export", help="export a run's rows: csv, md, latex, json, html")
+    exp.add_argument("run", metavar="RUN")
+    exp.add_argument("--format", required=True, choices=("csv", "md", "latex", "json", "html"))
+    exp.add_argument("--out", default=None, help="file (default: standard output)")
+
+    plot = sub.add_parser("plot", help="PNG plots of a run")
+    plot.add_argument("run", metavar="RUN")
+    plot.add_argument("--out", default=None, help="folder (default: next to the run file)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.cmd is None:
+            build_parser().print_help()
+            return 0
+        return COMMANDS[args.cmd](args)
+    except CLIError as e:
+        err.print(f"celora-bench: error: {e}", markup=False, highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("celora-bench: interrupted", markup=False)
+        return 130
+
+
+def _load(path: str):
+    from celora_bench.results import ResultsError, load
+
+    try:
+        return load(path)
+    except ResultsError as e:
+        raise CLIError(str(e)) from None
+
+
+def cmd_list(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from celora_bench import registry
+    from celora_bench.suite import Options
+
+    t = Table(title="celora-bench suites")
+    for col in ("suite", "description", "quick cases", "full cases"):
+        t.add_column(col)
+    for name in registry.SUITES:
+        mod = registry.get(name)
+        t.add_row(name, mod.DESCRIPTION, str(len(mod.cases(Options(mode="quick")))),
+                  str(len(mod.cases(Options(mode="full")))))
+    Console().print(t)
+    from suites import models
+    Console().print("models: " + ", ".join(models.MODELS))
+    return 0
+
+
+def cmd_run(args) -> int:
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from celora_bench import registry, report, runner
+    from celora_bench.results import ResultsError
+    from celora_bench.suite import Options
+
+    for name in args.suites:
+        try:
+            registry.get(name)
+        except registry.UnknownSuite as e:
+            raise CLIError(str(e)) from None
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
+    for flag in ("batch", "seq"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise CLIError(f"--{flag} {v} is invalid; allowed: an integer >= 1")
+    for flag in ("model_path", "data"):
+        v = getattr(args, flag)
+        if v is not None and not os.path.exists(v):
+            raise CLIError(f"--{flag.replace('_', '-')} {v!r} does not exist")
+    if args.resume and not args.out:
+        raise CLIError("--resume needs --out PATH, the run to continue")
+    if args.model is not None:
+        from suites import models
+        if args.model not in models.MODELS:
+            raise CLIError(f"--model {args.model!r} is unknown; known: {', '.join(models.MODELS)}")
+    opts = Options(mode=args.mode, device=args.device, dtype=args.dtype, model=args.model, data=args.data,
+                   model_path=args.model_path, batch=args.batch, seq=args.seq)
+    out = args.out or runner.default_out(args.suites)
+    console = Console()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                        transient=False)
+    task = None
+
+    def on_start(total, done):
+        nonlocal task
+        task = progress.add_task("measuring", total=total, completed=done)
+        if total == 0:
+            raise CLIError(f"no case matches -k {args.filter!r}" if args.filter else "no cases to run")
+
+    def on_case(case, seconds):
+        progress.update(task, advance=1, description=f"{case.layer} {report.case_label(case)}"[:48])
+
+    try:
+        with progress:
+            run = runner.run(args.suites, opts, out, filt=args.filter, resume=args.resume, threads=args.threads,
+                             tune_malloc=args.malloc == "tuned", on_start=on_start, on_case=on_case,
+                             shard=args.shard)
+    except ResultsError as e:
+        raise CLIError(str(e)) from None
+    except KeyboardInterrupt:
+        console.print(f"interrupted: every case measured so far is in {out}; "
+                      f"continue with --resume --out {out}")
+        return 130
+    report.render(run, console, detail=args.detail)
+    console.print(f"results: {out}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from rich.console import Console
+
+    from celora_bench import report
+
+    report.render(_load(args.run), Console(), detail=args.detail)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from celora_bench import export
+
+    text = export.export(_load(args.run), args.format)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from celora_bench import plot
+
+    run = _load(args.run)
+    out = args.out or os.path.splitext(args.run)[0] + "-plots"
+    for path in plot.plot(run, out):
+        print(path)
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "show": cmd_show, "export": cmd_export, "plot": cmd_plot}
+
+if __name__ == "__main__":
+    sys.exit(main())

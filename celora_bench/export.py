@@ -1,0 +1,68 @@
+"""Exports a run's rows through pandas. CSV and JSON keep every digit; md/latex/html are rendered."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from celora_bench.cases import Case
+from celora_bench.flops import CONVENTION
+from celora_bench.results import Run
+
+CASE_COLUMNS = [f for f in Case.__dataclass_fields__ if f != "params"]
+
+
+def frame(run: Run) -> pd.DataFrame:
+    """One line per (case, component). Units: seconds, FLOPs (2·m·n·k), bytes."""
+    records = []
+    for r in run.rows:
+        t = r.time
+        rec = {"case_id": r.case.id}
+        rec.update({k: getattr(r.case, k) for k in CASE_COLUMNS})
+        rec["params"] = json.dumps(dict(r.case.params), sort_keys=True)
+        rec.update({
+            "component": r.component,
+            "median_s": t.median if t else None,
+            "iqr_s": t.iqr if t else None,
+            "min_s": t.min if t else None,
+            "count": t.count if t else 0,
+            "spread": t.spread if t else False,
+            "flops_analytic": r.flops_analytic,
+            "flops_counted": r.flops_counted,
+            "mem_bytes": r.mem_bytes,
+            "mem_what": r.mem_what,
+            "note": r.note,
+            "samples_s": json.dumps(list(r.samples)),
+        })
+        records.append(rec)
+    df = pd.DataFrame.from_records(records)
+    for col in ("flops_analytic", "flops_counted", "mem_bytes"):
+        if col in df:
+            df[col] = df[col].astype("Int64")   # integers stay integers, missing stays missing
+    return df
+
+
+def _rendered(df: pd.DataFrame) -> pd.DataFrame:
+    """For human formats: milliseconds with 4 significant digits, no raw samples."""
+    out = df.drop(columns=["samples_s", "case_id"], errors="ignore").copy()
+    for col in ("median_s", "iqr_s", "min_s"):
+        if col in out:
+            out[col.replace("_s", "_ms")] = out.pop(col).map(lambda v: None if pd.isna(v) else float(f"{v * 1e3:.4g}"))
+    return out
+
+
+def export(run: Run, fmt: str) -> str:
+    df = frame(run)
+    if fmt == "csv":
+        return df.to_csv(index=False)                      # full repr precision
+    if fmt == "json":
+        return json.dumps({"flops_convention": CONVENTION, "units": {"*_s": "seconds", "mem_bytes": "bytes"},
+                           "rows": json.loads(df.to_json(orient="records", double_precision=15))}, indent=1)
+    shown = _rendered(df)
+    if fmt == "md":
+        return f"FLOPs: {CONVENTION}; times in ms (4 significant digits)\n\n" + shown.to_markdown(index=False) + "\n"
+    if fmt == "latex":
+        return shown.to_latex(index=False, na_rep="--", caption=f"FLOPs: {CONVENTION}; times in ms")
+    if fmt == "html":
+        return shown.to_html(index=False, na_rep="—")
+    raise ValueError(f"unknown export format {fmt!r}; allowed: csv, md, latex, json, html")

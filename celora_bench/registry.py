@@ -1,0 +1,22 @@
+"""The suites, by name. Adding a suite: one module in suites/ and one line here."""
+from __future__ import annotations
+
+import importlib
+
+SUITES = {
+    "backward-breakdown": "suites.backward_breakdown",
+}
+
+
+class UnknownSuite(ValueError):
+    pass
+
+
+def get(name: str):
+    if name not in SUITES:
+        raise UnknownSuite(f"unknown suite {name!r}; known suites: {', '.join(SUITES)}")
+    return importlib.import_module(SUITES[name])
+
+
+def all_suites():
+    return [get(n) for n in SUITES]

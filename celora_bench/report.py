@@ -1,0 +1,145 @@
+"""Renders a results file as rich tables: per-case summary, per-component detail, verdict.
+
+Reads only the results file; never re-measures. Numbers are formatted here and
+nowhere else (exports keep full precision).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from rich.console import Console
+from rich.table import Table
+
+from celora_bench import registry
+from celora_bench.cases import Case, Row
+from celora_bench.flops import CONVENTION
+from celora_bench.results import Run
+from celora_bench.suite import Check
+
+PARTS_PREFIX = ("fwd.", "bwd.")
+STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "INFO": "cyan"}
+
+
+def case_label(c: Case) -> str:
+    if c.provider == "celora":
+        mode = "cached" if c.cache_rows else "lean"
+        return f"celora p={c.keep_ratio:g} r0={c.svd_rank} {mode}"
+    return c.provider
+
+
+def _ms(row: Row | None) -> str:
+    if row is None or row.time is None:
+        return "—"
+    t = row.time
+    flag = "*" if t.spread else ""
+    return f"{t.median * 1e3:.2f}{flag}"
+
+
+def _mb(v: int | None) -> str:
+    return "—" if v is None else f"{v / 2**20:.1f}"
+
+
+def by_case(rows: list[Row]) -> dict[Case, dict[str, Row]]:
+    out: dict[Case, dict[str, Row]] = defaultdict(dict)
+    for r in rows:
+        out[r.case][r.component] = r
+    return out
+
+
+def parts_sum(comps: dict[str, Row]) -> float | None:
+    parts = [r.time.median for name, r in comps.items() if name.startswith(PARTS_PREFIX) and r.time]
+    return sum(parts) if parts else None
+
+
+def summary_table(title: str, rows: list[Row]) -> Table:
+    t = Table(title=title, caption=f"times: median ms over raw samples (* = IQR/median > 10%); "
+                                   f"memory MiB; {CONVENTION}", caption_justify="left")
+    for col in ("model / layer", "N", "r", "provider", "fwd+bwd ms", "Σparts ms", "gap %",
+                "G_y·W0 ms", "G_y·W0 GFLOP", "sel. amort. ms", "fwd peak MiB", "bwd peak MiB", "state MiB"):
+        t.add_column(col, justify="left" if col in ("model / layer", "provider") else "right")
+    cases = by_case(rows)
+    for case in sorted(cases, key=lambda c: (c.model, c.tokens, c.rank, c.layer, c.provider != "dense",
+                                             c.provider != "peft", c.keep_ratio, c.svd_rank, c.cache_rows)):
+        comps = cases[case]
+        whole = comps.get("fwd+bwd")
+        ps = parts_sum(comps)
+        gap = (f"{(whole.time.median - ps) / whole.time.median * 100:+.1f}"
+               if ps and whole is not None and whole.time else "—")
+        gx = comps.get("bwd.grad_x_frozen")
+        t.add_row(f"{case.model} {case.layer} {case.m}x{case.n}", str(case.tokens), str(case.rank),
+                  case_label(case), _ms(whole), f"{ps * 1e3:.2f}" if ps else "—", gap, _ms(gx),
+                  f"{gx.flops_analytic / 1e9:.3f}" if gx and gx.flops_analytic is not None else "—",
+                  _ms(comps.get("selection.amortized")),
+                  _mb(comps["fwd"].mem_bytes) if "fwd" in comps else "—",
+                  _mb(comps["bwd"].mem_bytes) if "bwd" in comps else "—",
+                  _mb(comps["state"].mem_bytes) if "state" in comps else "—")
+    return t
+
+
+def detail_table(case: Case, comps: dict[str, Row]) -> Table:
+    t = Table(title=f"{case.id}", caption=f"{CONVENTION}; memory: see 'what' per row", caption_justify="left")
+    for col in ("component", "median ms", "IQR %", "min ms", "n", "FLOPs analytic", "FLOPs counted",
+                "memory bytes", "what / note"):
+        t.add_column(col, justify="left" if col in ("component", "what / note") else "right")
+    for name, r in comps.items():
+        tm = r.time
+        t.add_row(name, f"{tm.median * 1e3:.3f}" if tm else "—",
+                  f"{tm.iqr / tm.median * 100:.1f}" if tm and tm.median else "—",
+                  f"{tm.min * 1e3:.3f}" if tm else "—", str(tm.count) if tm else "0",
+                  "—" if r.flops_analytic is None else f"{r.flops_analytic:,}",
+                  "—" if r.flops_counted is None else f"{r.flops_counted:,}",
+                  "—" if r.mem_bytes is None else f"{r.mem_bytes:,}",
+                  "; ".join(x for x in (r.note, r.mem_what) if x))
+    return t
+
+
+def verdict_table(title: str, checks: list[Check]) -> Table:
+    t = Table(title=title)
+    for col in ("check", "scope", "metric", "value", "target", "status", "detail"):
+        t.add_column(col, justify="right" if col == "value" else "left")
+    for c in checks:
+        v = "—" if c.value is None else f"{c.value:.3f}"
+        t.add_row(c.check, c.scope, c.metric, v, c.target, f"[{STATUS_STYLE.get(c.status, '')}]{c.status}[/]",
+                  c.detail)
+    return t
+
+
+def verdict_counts(checks: list[Check]) -> str:
+    n = defaultdict(int)
+    for c in checks:
+        n[c.status] += 1
+    return ", ".join(f"{n[s]} {s}" for s in ("PASS", "FAIL", "INFO") if n[s])
+
+
+def checks_of(run: Run, suite: str) -> list[Check]:
+    """The verdict, recomputed from the rows (so partial and merged runs get one too)."""
+    rows = [r for r in run.rows if r.case.suite == suite]
+    if not rows:
+        return []
+    return registry.get(suite).verdict(rows)
+
+
+def render(run: Run, console: Console, detail: bool = False) -> None:
+    mi = run.machine_info
+    console.print(f"[bold]{run.path}[/]  status: {run.status}  {run.datetime}  commit "
+                  f"{(run.commit_info.get('id') or '?')[:10]}{' (dirty)' if run.commit_info.get('dirty') else ''}")
+    console.print(f"{mi.get('cpu')}, {mi.get('cores')} cores, {mi.get('threads')} threads, BLAS {mi.get('blas')}, "
+                  f"torch {mi.get('torch')}, malloc {mi.get('malloc')}, GPU {(mi.get('gpu') or {}).get('name')}")
+    suites = run.run.get("suites") or sorted({r.case.suite for r in run.rows})
+    for suite in suites:
+        rows = [r for r in run.rows if r.case.suite == suite]
+        if not rows:
+            console.print(f"{suite}: no rows measured")
+            continue
+        mod = registry.get(suite)
+        if hasattr(mod, "summary_table"):
+            console.print(mod.summary_table(rows))
+        else:
+            console.print(summary_table(f"{suite}: per case", rows))
+        if detail:
+            for case, comps in sorted(by_case(rows).items(), key=lambda kv: kv[0].id):
+                console.print(detail_table(case, comps))
+        checks = checks_of(run, suite)
+        console.print(verdict_table(f"{suite}: verdict ({verdict_counts(checks)})", checks))
+    for e in run.errors:
+        console.print(f"[red]error[/] {e['case_id']}: {e['error']}")

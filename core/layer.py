@@ -1,0 +1,162 @@
+"""CELoRALinear: a LoRA linear layer whose frozen activation gradient can be approximated."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from core import components as C
+from core import selection
+from core.config import CELoRAConfig
+from core.function import CELoRAFunction
+
+
+class CELoRALinear(nn.Module):
+    """y = x W0ᵀ + b + (alpha / r) · (dropout(x) Aᵀ) Bᵀ, W0 and b frozen.
+
+    The backward is exact for A, B and the LoRA part of G_x. The frozen part
+    G_y W0 is dense when k = ceil(p·m) equals m, and otherwise
+
+        G_y W0 ≈ (G_y B0) A0 + G_y[:, I] R[I, :],    R = W0 − B0 A0,
+
+    with I the top-k output features by the configured score, refreshed every
+    ``tau`` steps (``core.step``) and on the first backward.
+
+    Args:
+        weight: frozen W0, (m, n); shared, not copied.
+        bias: frozen bias (m,) or None.
+        config: the CELoRAConfig.
+
+    Raises:
+        ValueError: the input's last dimension or dtype does not match W0.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, config: CELoRAConfig):
+        super().__init__()
+        m, n = weight.shape
+        self.config = config
+        self.in_features, self.out_features = n, m
+        self.scale = config.scale
+        self.k = config.kept(m)
+        self.r0 = 0 if self.dense else config.resolved_svd_rank(m, n)
+        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        kw = dict(device=weight.device, dtype=weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(config.r, n, **kw))
+        self.lora_B = nn.Parameter(torch.zeros(m, config.r, **kw))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as peft does
+        B0, A0 = selection.svd_split(self.weight, self.r0)
+        self.register_buffer("B0", B0, persistent=False)
+        self.register_buffer("A0", A0, persistent=False)
+        res_sq = None if self.dense else selection.residual_row_sq_norms(self.weight, B0, A0)
+        self.register_buffer("res_sq", res_sq, persistent=False)
+        self.register_buffer("idx", None, persistent=False)
+        self.register_buffer("rows", None, persistent=False)
+        self.steps = 0
+        self.refreshed_at: int | None = None
+        self.refresh_count = 0
+        self._force_refresh = False
+        self._generator = torch.Generator().manual_seed(config.seed)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, config: CELoRAConfig) -> "CELoRALinear":
+        """Wraps an existing nn.Linear (its weight is shared and frozen)."""
+        return cls(linear.weight, linear.bias, config)
+
+    @property
+    def dense(self) -> bool:
+        return self.k == self.out_features
+
+    # ---- index state -------------------------------------------------------
+
+    def step(self) -> None:
+        """Advances the optimizer-step counter (a no-op when tau counts forward calls)."""
+        if self.config.tau_unit == "optimizer_steps":
+            self.steps += 1
+
+    def refresh_index(self) -> None:
+        """Forces a refresh of I (and R[I, :]) at the next backward."""
+        self._force_refresh = True
+
+    def refresh_due(self) -> bool:
+        if self.dense:
+            return False
+        return (self.idx is None or self._force_refresh
+                or self.steps - self.refreshed_at >= self.config.tau)
+
+    def refresh(self, gy: Tensor) -> None:
+        """Selects I from G_y (N, m) and rebuilds the cached rows now."""
+        self.idx = selection.select(self.config.score, gy, self.res_sq, self.k, self._generator)
+        if self.config.cache_rows:
+            self.rows = selection.residual_rows(self.weight, self.idx, self.B0, self.A0)
+        self.refreshed_at = self.steps
+        self.refresh_count += 1
+        self._force_refresh = False
+
+    def grad_x_frozen(self, gy: Tensor) -> Tensor:
+        """The frozen part of G_x for G_y (N, m): dense or double-LoRA + AMM."""
+        if self.dense:
+            return C.grad_x_frozen_dense(gy, self.weight)
+        if self.refresh_due():        # the Function refreshes first; kept for direct callers
+            self.refresh(gy)
+        if self.config.cache_rows:
+            return C.grad_x_frozen_cached(gy, self.idx, self.rows, self.B0, self.A0)
+        return C.grad_x_frozen_lean(gy, self.idx, self.weight, self.B0, self.A0)
+
+    # ---- forward -----------------------------------------------------------
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input last dimension {x.shape[-1]} does not match in_features "
+                             f"{self.in_features} (input shape {tuple(x.shape)})")
+        if x.dtype != self.weight.dtype:
+            raise ValueError(f"input dtype {x.dtype} does not match the weight dtype {self.weight.dtype}")
+        if self.config.tau_unit == "forward_calls":
+            self.steps += 1
+        x2 = x.reshape(-1, self.in_features)                      # (..., n) -> (N, n)
+        mask_scale = None
+        p = self.config.dropout
+        if self.training and p > 0:
+            mask_scale = torch.empty_like(x2).bernoulli_(1 - p).div_(1 - p)  # (N, n)
+        y = CELoRAFunction.apply(x2, self.lora_A, self.lora_B, self, mask_scale)
+        return y.reshape(*x.shape[:-1], self.out_features)       # (N, m) -> (..., m)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"in={self.in_features}, out={self.out_features}, r={c.r}, p={c.keep_ratio}, "
+                f"k={self.k}, r0={self.r0}, tau={c.tau}, score={c.score}, cache_rows={c.cache_rows}")
+
+
+class LoRALinear(CELoRALinear):
+    """Dense LoRA with the same decomposed backward: keep_ratio 1, svd_rank 0."""
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, config: CELoRAConfig | None = None, *,
+                    r: int = 16, alpha: float = 32.0, dropout: float = 0.0) -> "LoRALinear":
+        if config is None:
+            config = CELoRAConfig(r=r, alpha=alpha, dropout=dropout)
+        if config.keep_ratio != 1.0 or config.svd_rank not in (None, 0):
+            raise ValueError(f"LoRALinear is dense: keep_ratio must be 1 and svd_rank 0 or None, "
+                             f"got keep_ratio={config.keep_ratio}, svd_rank={config.svd_rank}")
+        return cls(linear.weight, linear.bias, config)
+
+
+def celora_modules(model: nn.Module):
+    """Every CELoRALinear inside model."""
+    return [m for m in model.modules() if isinstance(m, CELoRALinear)]
+
+
+def step(model: nn.Module) -> None:
+    """Advances the optimizer-step counter of every CE-LoRA layer in model.
+
+    Call once per optimizer step (not per micro-batch), or let
+    ``attach_optimizer`` do it.
+    """
+    for m in celora_modules(model):
+        m.step()
+
+
+def attach_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module):
+    """Calls ``step(model)`` after every ``optimizer.step()``; returns the hook handle."""
+    return optimizer.register_step_post_hook(lambda *_: step(model))

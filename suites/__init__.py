@@ -1,0 +1,1 @@
+"""The benchmark suites, one module per suite; registered in celora_bench.registry."""

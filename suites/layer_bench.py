@@ -1,0 +1,132 @@
+"""setup(case) for one linear layer: dense LoRA, peft LoRA or CE-LoRA, as a measure.Target.
+
+Shared by every layer-level suite: the same setup feeds timing, FLOPs and memory.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import core
+from celora_bench.cases import Case
+from celora_bench.flops import fvcore_forward
+from celora_bench.measure import Target
+from celora_bench.memory import tensor_bytes
+from core import components as C
+from core.flops import COMPONENTS, layer_flops
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+ALPHA_PER_RANK = 2.0   # alpha = 2r, as the reference's r=16, alpha=32
+STATE_WHAT = "persistent bytes beyond W0: lora_A, lora_B, B0, A0, residual norms, I, cached rows"
+
+
+class _Wrap(nn.Module):
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.lin = linear
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def config_of(case: Case) -> core.CELoRAConfig:
+    return core.CELoRAConfig(r=case.rank, alpha=ALPHA_PER_RANK * case.rank, keep_ratio=case.keep_ratio,
+                             svd_rank=case.svd_rank, tau=case.tau, score=case.score,
+                             cache_rows=case.cache_rows)
+
+
+def build(case: Case):
+    """(module, x, gy): the layer under test and a realistic input and output gradient."""
+    dtype, device = DTYPES[case.dtype], torch.device(case.device)
+    g = torch.Generator().manual_seed(0)
+    base = nn.Linear(case.n, case.m, bias=False)
+    with torch.no_grad():
+        base.weight.copy_(torch.randn(case.m, case.n, generator=g) / case.n ** 0.5)
+    base = base.to(device=device, dtype=dtype)
+    x = torch.randn(case.tokens, case.n, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
+    # heavy-tailed per-feature gradient scales, as real G_y has (the brief's lognormal)
+    scale = torch.exp(torch.randn(case.m, generator=g))
+    gy = (torch.randn(case.tokens, case.m, generator=g) * scale).to(device=device, dtype=dtype)
+    if case.provider == "peft":
+        import peft
+        cfg = peft.LoraConfig(r=case.rank, lora_alpha=ALPHA_PER_RANK * case.rank, target_modules=["lin"])
+        module = peft.get_peft_model(_Wrap(base), cfg).base_model.model.lin
+        lora_B = module.lora_B["default"].weight
+    else:
+        module = core.CELoRALinear.from_linear(base, config_of(case))
+        lora_B = module.lora_B
+    with torch.no_grad():  # peft and we both init B to zeros; a trained B is not zero
+        lora_B.copy_(torch.randn(lora_B.shape, generator=g).to(lora_B) * 0.01)
+    return module, x, gy
+
+
+def _lora_params(module) -> list[torch.Tensor]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def setup(case: Case) -> Target:
+    module, x, gy = build(case)
+    params = [x] + _lora_params(module)
+    y_kept = module(x)
+
+    def fwd():
+        return module(x)
+
+    def bwd():
+        return torch.autograd.grad(y_kept, params, gy, retain_graph=True)
+
+    def fwd_bwd():
+        return torch.autograd.grad(module(x), params, gy)
+
+    def count():
+        if case.provider == "celora":
+            module.refresh_index()       # so the counted run includes one refresh
+        module(x).backward(gy)
+        for p in params:
+            p.grad = None
+
+    dense = layer_flops(case.tokens, case.m, case.n, case.rank)
+    analytic = {"fwd+bwd": sum(dense[c] for c in COMPONENTS)}
+    target = Target(whole={"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd}, count=count,
+                    scopes=COMPONENTS + ("selection",), analytic=analytic,
+                    state_bytes=tensor_bytes(*_lora_params(module)), state_what=STATE_WHAT)
+    fv, note = fvcore_forward(module, (x.detach(),))
+    target.notes["fwd"] = f"fvcore: {fv} FLOPs ({note})" if fv is not None else note
+    if case.provider == "peft":
+        target.notes["fwd+bwd"] = "peft: autograd's backward, not split into components"
+        return target
+    _add_components(case, module, x, gy, y_kept, target)
+    return target
+
+
+def _add_components(case: Case, layer: core.CELoRALinear, x, gy, y_kept, target: Target) -> None:
+    """Each component alone, on the tensors saved by the real forward above."""
+    node = y_kept.grad_fn
+    while "CELoRAFunction" not in type(node).__name__:
+        node = node.next_functions[0][0]
+    xd, h, A, B, _ = node.saved_tensors
+    x2 = x.detach().reshape(-1, case.n)                  # (N, n)
+    s, W0, bias = layer.scale, layer.weight, layer.bias
+    g_h = C.grad_h(gy, B, s)                             # (N, r)
+    y_buf = y_kept.detach().clone()                      # in-place targets, reused
+    gx_buf = torch.zeros_like(x2)
+    torch.autograd.grad(y_kept, [x] + _lora_params(layer), gy, retain_graph=True)  # first refresh
+    target.parts = {
+        "fwd.frozen": lambda: C.fwd_frozen(x2, W0, bias),
+        "fwd.lora": lambda: C.fwd_lora(y_buf, xd, A, B, s),
+        "bwd.grad_h": lambda: C.grad_h(gy, B, s),
+        "bwd.grad_B": lambda: C.grad_B(gy, h, s),
+        "bwd.grad_A": lambda: C.grad_A(g_h, xd),
+        "bwd.grad_x_lora": lambda: C.grad_x_lora(gx_buf, g_h, A),
+        "bwd.grad_x_frozen": lambda: layer.grad_x_frozen(gy),
+    }
+    k = None if layer.dense else layer.k
+    target.analytic.update(layer_flops(case.tokens, case.m, case.n, case.rank, k, layer.r0,
+                                       case.cache_rows))
+    target.analytic["fwd+bwd"] = sum(target.analytic[c] for c in COMPONENTS)
+    if not layer.dense:
+        target.parts["selection"] = lambda: layer.refresh(gy)
+        target.amortized["selection.amortized"] = ("selection", case.tau)
+    target.state_bytes = tensor_bytes(layer.lora_A, layer.lora_B, layer.B0, layer.A0, layer.res_sq,
+                                      layer.idx, layer.rows)
