@@ -97,9 +97,6 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-
-    err = Console(stderr=True)
     try:
         args = build_parser().parse_args(argv)
         if args.cmd is None:
@@ -107,11 +104,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return COMMANDS[args.cmd](args)
     except CLIError as e:
-        err.print(f"celora-bench: error: {e}", markup=False, highlight=False)
+        print(f"celora-bench: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        err.print("celora-bench: interrupted", markup=False)
+        print("celora-bench: interrupted", file=sys.stderr)
         return 130
+
+
+def _console():
+    """Rich console; wide when piped (tables of this width wrap badly at 80 columns)."""
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal else Console(width=220)
 
 
 def _load(path: str):
@@ -124,7 +129,6 @@ def _load(path: str):
 
 
 def cmd_list(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from celora_bench import registry
@@ -137,15 +141,14 @@ def cmd_list(args) -> int:
         mod = registry.get(name)
         t.add_row(name, mod.DESCRIPTION, str(len(mod.cases(Options(mode="quick")))),
                   str(len(mod.cases(Options(mode="full")))))
-    Console().print(t)
+    _console().print(t)
     from suites import models
-    Console().print("models: " + ", ".join(models.MODELS))
+    _console().print("models: " + ", ".join(models.MODELS))
     return 0
 
 
 def cmd_run(args) -> int:
     import torch
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
@@ -177,7 +180,7 @@ def cmd_run(args) -> int:
     opts = Options(mode=args.mode, device=args.device, dtype=args.dtype, model=args.model, data=args.data,
                    model_path=args.model_path, batch=args.batch, seq=args.seq)
     out = args.out or runner.default_out(args.suites)
-    console = Console()
+    console = _console()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
                         transient=False)
@@ -209,11 +212,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from rich.console import Console
-
     from celora_bench import report
 
-    report.render(_load(args.run), Console(), detail=args.detail)
+    report.render(_load(args.run), _console(), detail=args.detail)
     return 0
 
 

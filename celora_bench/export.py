@@ -55,9 +55,12 @@ def export(run: Run, fmt: str) -> str:
     df = frame(run)
     if fmt == "csv":
         return df.to_csv(index=False)                      # full repr precision
-    if fmt == "json":
+    if fmt == "json":   # json.dumps writes repr floats; pandas' to_json rounds to 15 digits
+        records = [{k: (None if v is pd.NA or (isinstance(v, float) and v != v) else
+                        int(v) if hasattr(v, "item") and isinstance(v.item(), int) else v)
+                    for k, v in rec.items()} for rec in df.to_dict(orient="records")]
         return json.dumps({"flops_convention": CONVENTION, "units": {"*_s": "seconds", "mem_bytes": "bytes"},
-                           "rows": json.loads(df.to_json(orient="records", double_precision=15))}, indent=1)
+                           "rows": records}, indent=1)
     shown = _rendered(df)
     if fmt == "md":
         return f"FLOPs: {CONVENTION}; times in ms (4 significant digits)\n\n" + shown.to_markdown(index=False) + "\n"

@@ -1,0 +1,136 @@
+"""The CLI: list, run, show, export, plot; one-line errors with exit 2; Ctrl-C keeps results."""
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from celora_bench import cli, results
+
+SMALL = ["--model", "tiny", "-k", "tiny/q_proj/"]
+
+
+@pytest.fixture(scope="module")
+def run_file(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run") / "bb.json")
+    assert cli.main(["run", "backward-breakdown", "--quick", *SMALL, "--out", out]) == 0
+    return out
+
+
+def test_help_and_list(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "backward-breakdown" in out and "llama-3.2-1b" in out
+
+
+def test_run_writes_every_component_and_a_verdict(run_file):
+    run = results.load(run_file)
+    assert run.status == "complete" and not run.errors
+    comps = {(r.case.provider, r.component) for r in run.rows}
+    for c in ("fwd.frozen", "fwd.lora", "bwd.grad_h", "bwd.grad_B", "bwd.grad_A", "bwd.grad_x_lora",
+              "bwd.grad_x_frozen"):
+        assert ("dense", c) in comps and ("celora", c) in comps
+    assert ("celora", "selection.amortized") in comps and ("peft", "fwd+bwd") in comps
+    checks = run.verdicts["backward-breakdown"]
+    assert {c["check"][:2] for c in checks} == {"1.", "2.", "3."}
+    assert all(c["status"] in ("PASS", "FAIL") for c in checks)
+
+
+def test_show_renders_tables_and_verdict(run_file, capsys):
+    assert cli.main(["show", run_file, "--detail"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict" in out and "G_y·W0 share" in out and "bwd.grad_x_frozen" in out
+
+
+def test_export_csv_and_json_keep_full_precision(run_file, tmp_path, capsys):
+    run = results.load(run_file)
+    exact = {(r.case.id, r.component): r.time.median for r in run.rows if r.time}
+    out = str(tmp_path / "t.csv")
+    assert cli.main(["export", run_file, "--format", "csv", "--out", out]) == 0
+    got = {(d["case_id"], d["component"]): float(d["median_s"]) for d in csv.DictReader(open(out))
+           if d["median_s"]}
+    assert got == exact
+    assert cli.main(["export", run_file, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert {(d["case_id"], d["component"]): d["median_s"] for d in rows if d["median_s"]} == exact
+
+
+@pytest.mark.parametrize("fmt,marker", [("md", "|"), ("latex", "\\begin{tabular}"), ("html", "<table")])
+def test_export_rendered_formats(run_file, fmt, marker, capsys):
+    assert cli.main(["export", run_file, "--format", fmt]) == 0
+    assert marker in capsys.readouterr().out
+
+
+def test_plot_writes_pngs(run_file, tmp_path, capsys):
+    assert cli.main(["plot", run_file, "--out", str(tmp_path)]) == 0
+    pngs = sorted(p for p in os.listdir(tmp_path) if p.endswith(".png"))
+    assert any(p.startswith("breakdown-") for p in pngs) and any(p.startswith("speedup-") for p in pngs)
+    for p in pngs:
+        assert open(tmp_path / p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "no-such-suite"], "unknown suite 'no-such-suite'"),
+    (["run", "backward-breakdown", "--dtype", "int8"], "invalid choice: 'int8'"),
+    (["run", "backward-breakdown", "--threads", "0"], "--threads 0 is invalid"),
+    (["run", "backward-breakdown", "--model", "gpt-9"], "--model 'gpt-9' is unknown"),
+    (["run", "backward-breakdown", "-k", "nothing-matches-this", "--out", "/tmp/x-none.json"], "no case matches"),
+    (["show", "/no/such/file.json"], "cannot read results file"),
+    (["export", "/no/such/file.json", "--format", "csv"], "cannot read results file"),
+    (["export", "x.json", "--format", "xlsx"], "invalid choice: 'xlsx'"),
+    (["bogus"], "invalid choice: 'bogus'"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_requested_without_cuda(capsys):
+    assert cli.main(["run", "backward-breakdown", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_truncated_run_file_is_refused(run_file, tmp_path, capsys):
+    bad = tmp_path / "cut.json"
+    bad.write_text(open(run_file).read()[:500])
+    assert cli.main(["show", str(bad)]) == 2
+    assert "truncated JSON" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_measured_cases_and_resume_finishes(tmp_path):
+    out = str(tmp_path / "int.json")
+    cmd = [sys.executable, "-m", "celora_bench.cli", "run", "backward-breakdown", "--quick", *SMALL, "--out", out]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            if len(results.load(out).rows) > 0:
+                break
+        except results.ResultsError:
+            pass
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "--resume" in text
+    kept = results.load(out)
+    assert kept.status == "interrupted" and kept.rows
+    n_cases = len({r.case.id for r in kept.rows})
+    assert cli.main(["run", "backward-breakdown", "--quick", *SMALL, "--out", out, "--resume"]) == 0
+    done = results.load(out)
+    assert done.status == "complete" and len({r.case.id for r in done.rows}) == 6 > n_cases
+    # the cases kept from the interrupted run were not measured again
+    first = {(r.case.id, r.component): r.samples for r in kept.rows}
+    assert all(first[(r.case.id, r.component)] == r.samples for r in done.rows if r.case.id in
+               {k[0] for k in first})
