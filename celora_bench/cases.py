@@ -65,7 +65,8 @@ class Row:
 
     component: "fwd.frozen" ... "bwd.grad_x_frozen" (the brief's table),
     "selection" (one index refresh), "selection.amortized" (that over tau),
-    "fwd", "bwd", "fwd+bwd" (timed whole, in place), "state" (persistent bytes).
+    "fwd", "bwd", "fwd+bwd" (timed whole, in place), "state" (persistent bytes),
+    "step.alloc" (profiler bytes of one steady-state step, with FLOPs and bytes by scope in extra).
     """
 
     case: Case

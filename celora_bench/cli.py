@@ -19,6 +19,33 @@ EPILOG = """examples:
 """
 
 
+COMPARE_HELP = """Compare two results files case by case.
+
+Rules (--fail-on, repeatable) are METRIC:N%[@FIELD=VALUE[|VALUE],...]:
+  time.median / time.min   candidate slower than the baseline by more than N%
+  flops                    FLOPs changed by more than N% (either way); flops:0% is exact
+  memory                   bytes grew by more than N%
+  ratio                    CE-LoRA/dense median of the same run grew by more than N%
+FIELD: suite, provider, component, layer, model, case.
+examples:
+  celora-bench compare results/baseline.json new.json
+  celora-bench compare a.json b.json --fail-on time.median:10%@provider=celora,component=bwd.grad_x_frozen
+exit: 0 no regression, 1 regression, 2 bad input
+"""
+
+GATE_HELP = """Run the quick backward-breakdown suite and gate it against results/baseline.json.
+
+Times differ between machines, so time is gated as CE-LoRA/dense ratios measured
+interleaved in the same run (ratio:15%); FLOPs, persistent and per-step allocated
+bytes and the case set must equal the baseline's exactly.
+examples:
+  celora-bench gate
+  celora-bench gate --update-baseline          # refresh results/baseline.json
+  celora-bench gate --from results/runs/X.json # gate an existing run
+exit: 0 pass, 1 regression, 2 bad input
+"""
+
+
 class CLIError(Exception):
     """Bad input: printed as one line, exit code 2."""
 
@@ -71,7 +98,8 @@ def build_parser() -> Parser:
     run.add_argument("--data", default=None, help="a local text or JSONL file")
     run.add_argument("--batch", type=int, default=None)
     run.add_argument("--seq", type=int, default=None)
-    run.add_argument("-k", dest="filter", default=None, help="only cases whose id contains FILTER")
+    run.add_argument("-k", dest="filter", action="append", default=None,
+                     help="only cases whose id contains FILTER (repeat for any of several)")
     run.add_argument("--out", default=None, help="results file (default results/runs/<time>-<suites>.json)")
     run.add_argument("--resume", action="store_true", help="skip the cases already in --out")
     run.add_argument("--threads", type=_threads, default=None, help="torch threads (default: torch's)")
@@ -89,6 +117,28 @@ def build_parser() -> Parser:
     exp.add_argument("run", metavar="RUN")
     exp.add_argument("--format", required=True, choices=("csv", "md", "latex", "json", "html"))
     exp.add_argument("--out", default=None, help="file (default: standard output)")
+
+    cmp_ = sub.add_parser("compare", help="diff two runs; exit 1 on a regression",
+                          description=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmp_.add_argument("baseline", metavar="BASELINE")
+    cmp_.add_argument("candidate", metavar="CANDIDATE")
+    cmp_.add_argument("--fail-on", action="append", default=None, metavar="SPEC",
+                      help="METRIC:N%%[@FIELD=VALUE,...] (repeatable; default: "
+                           "time.median:10%% flops:0%% memory:5%%)")
+    cmp_.add_argument("--all", action="store_true", help="list every compared row, not only regressions")
+
+    gate = sub.add_parser("gate", help="run the quick headline suite and gate it against the baseline",
+                          description=GATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gate.add_argument("--baseline", default=os.path.join("results", "baseline.json"))
+    gate.add_argument("--out", default=None, help="where the gate's run is written")
+    gate.add_argument("--from", dest="from_run", default=None, metavar="RUN",
+                      help="gate this existing run instead of measuring")
+    gate.add_argument("--fail-on", action="append", default=[], metavar="SPEC", help="extra rules")
+    gate.add_argument("--update-baseline", action="store_true",
+                      help="measure (or take --from) and write it as the new baseline")
+    gate.add_argument("--threads", type=_threads, default=None)
+    gate.add_argument("-k", dest="filter", action="append", default=None,
+                      help="only cases whose id contains FILTER (repeat for any of several)")
 
     plot = sub.add_parser("plot", help="PNG plots of a run")
     plot.add_argument("run", metavar="RUN")
@@ -149,8 +199,14 @@ def cmd_list(args) -> int:
 
 def cmd_run(args) -> int:
     import torch
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from celora_bench import registry, report, runner
     from celora_bench.results import ResultsError
@@ -190,7 +246,7 @@ def cmd_run(args) -> int:
         nonlocal task
         task = progress.add_task("measuring", total=total, completed=done)
         if total == 0:
-            raise CLIError(f"no case matches -k {args.filter!r}" if args.filter else "no cases to run")
+            raise CLIError(f"no case matches -k {' -k '.join(args.filter)}" if args.filter else "no cases to run")
 
     def on_case(case, seconds):
         progress.update(task, advance=1, description=f"{case.layer} {report.case_label(case)}"[:48])
@@ -240,7 +296,77 @@ def cmd_plot(args) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "show": cmd_show, "export": cmd_export, "plot": cmd_plot}
+def _rules(specs):
+    from celora_bench.compare import Rule, RuleError
+
+    try:
+        return [Rule.parse(s) for s in specs]
+    except RuleError as e:
+        raise CLIError(str(e)) from None
+
+
+def _judge(base, cand, rules, show_all: bool, strict_cases: bool) -> int:
+    from celora_bench import report
+    from celora_bench.compare import compare
+
+    findings, cases = compare(base, cand, rules)
+    console = _console()
+    if cases["common"] == 0:
+        raise CLIError(f"no case in common between {base.path!r} and {cand.path!r}")
+    console.print(report.compare_table(findings, show_all))
+    bad = [f for f in findings if f.regression]
+    console.print(f"{len(findings)} comparisons over {cases['common']} common cases: {len(bad)} regressions; "
+                  f"{len(cases['missing'])} cases missing from the candidate, {len(cases['new'])} new")
+    for cid in cases["missing"][:10]:
+        console.print(f"  missing: {cid}")
+    for cid in cases["new"][:10]:
+        console.print(f"  new: {cid}")
+    failed = bool(bad) or (strict_cases and (cases["missing"] or cases["new"]))
+    if strict_cases and (cases["missing"] or cases["new"]):
+        console.print("the case set differs from the baseline; if intended, refresh it with "
+                      "'celora-bench gate --update-baseline'")
+    console.print("[bold red]REGRESSION[/]" if failed else "[bold green]OK[/]")
+    return 1 if failed else 0
+
+
+def cmd_compare(args) -> int:
+    from celora_bench.compare import DEFAULT_COMPARE
+
+    rules = _rules(args.fail_on or DEFAULT_COMPARE)
+    return _judge(_load(args.baseline), _load(args.candidate), rules, args.all, strict_cases=False)
+
+
+def cmd_gate(args) -> int:
+    import shutil
+
+    from celora_bench import runner
+    from celora_bench.compare import DEFAULT_GATE
+    from celora_bench.suite import Options
+
+    rules = _rules(list(DEFAULT_GATE) + args.fail_on)
+    if args.from_run:
+        cand = _load(args.from_run)
+    else:
+        out = args.out or runner.default_out(["gate"])
+        try:
+            cand = runner.run(["backward-breakdown"], Options(mode="quick"), out, filt=args.filter,
+                              threads=args.threads)
+        except KeyboardInterrupt:
+            print(f"interrupted: the gate's partial run is in {out}", file=sys.stderr)
+            return 130
+    if args.update_baseline:
+        os.makedirs(os.path.dirname(os.path.abspath(args.baseline)), exist_ok=True)
+        if os.path.abspath(cand.path) != os.path.abspath(args.baseline):
+            shutil.copyfile(cand.path, args.baseline)
+        print(f"baseline written: {args.baseline} ({len(cand.rows)} rows)")
+        return 0
+    if not os.path.exists(args.baseline):
+        raise CLIError(f"no baseline at {args.baseline!r}; create it with 'celora-bench gate --update-baseline'")
+    return _judge(_load(args.baseline), cand, rules, False, strict_cases=True)
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "show": cmd_show, "export": cmd_export, "plot": cmd_plot,
+            "compare": cmd_compare, "gate": cmd_gate}
 
 if __name__ == "__main__":
     sys.exit(main())

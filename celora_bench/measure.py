@@ -1,9 +1,11 @@
-"""Measures one case from the callables a suite hands over: time, FLOPs and memory per component.
+"""Measures cases from the callables a suite hands over: time, FLOPs and memory per component.
 
 The engine knows nothing of CE-LoRA. A suite's setup(case) gives it a Target:
 plain callables for each part (timed alone, on tensors captured from a real
 backward), callables for the whole phases (timed in place), one callable that
-runs a real forward+backward for counting, and the analytic FLOPs.
+runs a real forward+backward for counting, and the analytic FLOPs. Cases
+measured as a group have each component timed interleaved across the group,
+so the ratios between them are measured side by side.
 """
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ from typing import Callable
 from celora_bench import flops as F
 from celora_bench import memory
 from celora_bench.cases import Case, Row
-from celora_bench.timing import TimingBudget, time_fn
+from celora_bench.timing import TimingBudget, time_interleaved
 
 PROFILER_WHAT = "bytes allocated by ops inside the component (profiler, gross, not a peak)"
-WHOLE = ("fwd", "bwd", "fwd+bwd")
+STEP_WHAT = "bytes allocated by every op of one steady-state forward+backward (profiler, gross; deterministic)"
 
 
 @dataclass
@@ -46,31 +48,54 @@ class Target:
     notes: dict[str, str] = field(default_factory=dict)
 
 
-def measure(case: Case, target: Target, budget: TimingBudget, threads: int) -> list[Row]:
+def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, threads: int) -> list[Row]:
+    """Rows for every case of the group; each component is timed across the group A B A B."""
+    device = items[0][0].device
+    counted, allocated, totals = [], [], []
+    for case, target in items:
+        if target.count is None:
+            counted.append({}), allocated.append({}), totals.append(None)
+            continue
+        c, a = F.profile_scopes(target.count, target.scopes, case.device)
+        counted.append(c), allocated.append(a), totals.append(F.torch_total(target.count))
+
+    times: list[dict] = [{} for _ in items]
+    names = list(dict.fromkeys(n for _, t in items for n in (*t.parts, *t.whole)))
+    for name in names:
+        idx = [i for i, (_, t) in enumerate(items) if name in t.parts or name in t.whole]
+        fns = [{**items[i][1].parts, **items[i][1].whole}[name] for i in idx]
+        for i, stats in zip(idx, time_interleaved(fns, device, budget, threads)):
+            times[i][name] = stats
+
     rows: list[Row] = []
-    counted, allocated = ({}, {})
-    total = None
-    if target.count is not None:
-        counted, allocated = F.profile_scopes(target.count, target.scopes, case.device)
-        total = F.torch_total(target.count)
-    times = {}
-    for name, fn in target.parts.items():
-        times[name] = time_fn(fn, case.device, budget, threads)
-        rows.append(Row(case, name, times[name].samples, target.analytic.get(name),
-                        counted.get(name, 0) if target.count else None,
-                        allocated.get(name, 0) if target.count else None, PROFILER_WHAT,
-                        target.notes.get(name, "")))
-    for name, (source, divisor) in target.amortized.items():
-        if source in times:
-            samples = tuple(s / divisor for s in times[source].samples)
-            rows.append(Row(case, name, samples, note=f"{source} / {divisor}"))
-    for name, fn in target.whole.items():
-        stats = time_fn(fn, case.device, budget, threads)
-        peak, what = memory.phase_peak(fn, case.device)
-        flops_counted = total if name == "fwd+bwd" else None
-        extra = {"other_flops": counted.get("other", 0)} if name == "fwd+bwd" and target.count else {}
-        rows.append(Row(case, name, stats.samples, target.analytic.get(name), flops_counted,
-                        peak, what, target.notes.get(name, ""), extra))
-    if target.state_bytes is not None:
-        rows.append(Row(case, "state", mem_bytes=target.state_bytes, mem_what=target.state_what))
+    for i, (case, target) in enumerate(items):
+        has_count = target.count is not None
+        for name, fn in target.parts.items():
+            fl, al, note = counted[i].get(name), allocated[i].get(name, 0), target.notes.get(name, "")
+            if has_count and fl is None:
+                # not in a steady-state step (e.g. an index refresh): count the part alone
+                c, a = F.profile_scopes(fn, (), case.device)
+                fl, al = sum(c.values()), sum(a.values())
+                note = "; ".join(x for x in (note, "counted alone: not part of a steady-state step") if x)
+            rows.append(Row(case, name, times[i][name].samples, target.analytic.get(name),
+                            fl if has_count else None, al if has_count else None, PROFILER_WHAT, note))
+        for name, (source, divisor) in target.amortized.items():
+            if source in times[i]:
+                rows.append(Row(case, name, tuple(s / divisor for s in times[i][source].samples),
+                                note=f"{source} / {divisor}"))
+        for name, fn in target.whole.items():
+            peak, what = memory.phase_peak(fn, case.device)
+            whole_total = name == "fwd+bwd" and has_count
+            rows.append(Row(case, name, times[i][name].samples, target.analytic.get(name),
+                            totals[i] if whole_total else None, peak, what, target.notes.get(name, ""),
+                            {"other_flops": counted[i].get("other", 0)} if whole_total else {}))
+        if has_count:
+            rows.append(Row(case, "step.alloc", mem_bytes=sum(allocated[i].values()), mem_what=STEP_WHAT,
+                            extra={"flops_by_scope": counted[i], "bytes_by_scope": allocated[i]}))
+        if target.state_bytes is not None:
+            rows.append(Row(case, "state", mem_bytes=target.state_bytes, mem_what=target.state_what))
     return rows
+
+
+def measure(case: Case, target: Target, budget: TimingBudget, threads: int) -> list[Row]:
+    return measure_group([(case, target)], budget, threads)

@@ -143,3 +143,25 @@ def render(run: Run, console: Console, detail: bool = False) -> None:
         console.print(verdict_table(f"{suite}: verdict ({verdict_counts(checks)})", checks))
     for e in run.errors:
         console.print(f"[red]error[/] {e['case_id']}: {e['error']}")
+
+
+def compare_table(findings, show_all: bool) -> Table:
+    scope = "" if show_all else " (regressions only; --all for every row)"
+    t = Table(title="comparison: baseline → candidate" + scope,
+              caption="time in ms (IQR/median of each side in brackets); flops 2·m·n·k; memory bytes; "
+                      "ratio = CE-LoRA/dense of the same run", caption_justify="left")
+    for col in ("rule", "case", "component", "baseline", "candidate", "Δ %", "status"):
+        t.add_column(col, justify="right" if col in ("baseline", "candidate", "Δ %") else "left")
+    for f in findings:
+        if not (show_all or f.regression):
+            continue
+        timed = f.rule.startswith("time.")
+
+        def fmt(v, spread):
+            if timed:
+                return f"{v * 1e3:.3f}" + (f" ({spread * 100:.0f}%)" if spread is not None else "")
+            return f"{v:.4f}" if f.rule.startswith("ratio") else f"{v:,}"
+        t.add_row(f.rule, f.case_id, f.component, fmt(f.baseline, f.base_spread),
+                  fmt(f.candidate, f.cand_spread), f"{f.delta * 100:+.1f}",
+                  "[bold red]REGRESSION[/]" if f.regression else "[green]ok[/]")
+    return t

@@ -59,6 +59,9 @@ class Run:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(self.to_json(), f, indent=1, allow_nan=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; a results file is for sharing
         os.replace(tmp, self.path)      # readers see the old file or the new one, never half
 
 

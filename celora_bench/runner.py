@@ -12,6 +12,7 @@ import torch
 
 from celora_bench import malloc, registry, results
 from celora_bench.cases import Case
+from celora_bench.measure import measure_group
 from celora_bench.suite import Context, Options, budget_for
 
 
@@ -20,11 +21,13 @@ def default_out(suites: list[str]) -> str:
     return os.path.join("results", "runs", f"{stamp}-{'+'.join(suites)}.json")
 
 
-def plan(suite_names: list[str], opts: Options, filt: str | None) -> list[tuple[object, Case]]:
+def plan(suite_names: list[str], opts: Options, filt) -> list[tuple[object, Case]]:
+    """The cases to run, in order; filt is a substring, or a list of them (any matches)."""
+    filters = [filt] if isinstance(filt, str) else list(filt or [])
     todo = []
     for name in suite_names:
         suite = registry.get(name)
-        todo += [(suite, c) for c in suite.cases(opts) if not filt or filt in c.id]
+        todo += [(suite, c) for c in suite.cases(opts) if not filters or any(f in c.id for f in filters)]
     ids = [c.id for _, c in todo]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -32,7 +35,7 @@ def plan(suite_names: list[str], opts: Options, filt: str | None) -> list[tuple[
     return todo
 
 
-def run(suite_names: list[str], opts: Options, out: str, *, filt: str | None = None,
+def run(suite_names: list[str], opts: Options, out: str, *, filt=None,
         resume: bool = False, threads: int | None = None, tune_malloc: bool = True,
         on_start: Callable[[int, int], None] | None = None,
         on_case: Callable[[Case, float], None] | None = None,
@@ -64,16 +67,12 @@ def run(suite_names: list[str], opts: Options, out: str, *, filt: str | None = N
     if pending:
         warm_up(ctx.options.device)
     try:
-        for suite, case in pending:
+        for suite, cases in groups(pending):
             t0 = time.perf_counter()
-            try:
-                run_.add(suite.run_case(case, ctx))
-            except (RuntimeError, MemoryError, ValueError) as e:
-                run_.errors.append({"case_id": case.id, "error": f"{type(e).__name__}: {e}"[:500],
-                                    "where": traceback.format_exc(limit=3)[-800:]})
-                run_.save()
+            run_group(run_, suite, cases, ctx)
             if on_case:
-                on_case(case, time.perf_counter() - t0)
+                for case in cases:
+                    on_case(case, (time.perf_counter() - t0) / len(cases))
     except KeyboardInterrupt:
         run_.status = "interrupted"
         finish(run_, suite_names)
@@ -81,6 +80,45 @@ def run(suite_names: list[str], opts: Options, out: str, *, filt: str | None = N
     run_.status = "complete" if not run_.errors else "complete-with-errors"
     finish(run_, suite_names)
     return run_
+
+
+def groups(pending: list[tuple[object, Case]]) -> list[tuple[object, list[Case]]]:
+    """Consecutive runs of cases that a suite measures together (its group_key), in plan order."""
+    out: dict[tuple, tuple[object, list[Case]]] = {}
+    for suite, case in pending:
+        key = (suite.NAME, suite.group_key(case) if hasattr(suite, "group_key") else case.id)
+        out.setdefault(key, (suite, []))[1].append(case)
+    return list(out.values())
+
+
+def _record_error(run_: results.Run, case: Case, e: BaseException) -> None:
+    run_.errors.append({"case_id": case.id, "error": f"{type(e).__name__}: {e}"[:500],
+                        "where": traceback.format_exc(limit=3)[-800:]})
+
+
+def run_group(run_: results.Run, suite, cases: list[Case], ctx: Context) -> None:
+    """Measures one group and saves; a case that fails is recorded and the others go on."""
+    if not hasattr(suite, "setup"):
+        for case in cases:
+            try:
+                run_.add(suite.run_case(case, ctx))
+            except (RuntimeError, MemoryError, ValueError) as e:
+                _record_error(run_, case, e)
+                run_.save()
+        return
+    items = []
+    for case in cases:
+        try:
+            items.append((case, suite.setup(case)))
+        except (RuntimeError, MemoryError, ValueError) as e:
+            _record_error(run_, case, e)
+    try:
+        if items:
+            run_.add(measure_group(items, ctx.budget, ctx.threads))
+    except (RuntimeError, MemoryError, ValueError) as e:
+        for case, _ in items:
+            _record_error(run_, case, e)
+    run_.save()
 
 
 def warm_up(device: str, seconds: float = 1.5) -> None:

@@ -3,9 +3,10 @@
 A suite is one module in suites/ with:
     NAME, DESCRIPTION
     cases(opts: Options) -> list[Case]         its sweep, declared once
-    run_case(case, ctx: Context) -> list[Row]  usually measure(case, setup(case), ...)
+    setup(case) -> measure.Target              what the engine times, counts and weighs
+      or run_case(case, ctx: Context) -> rows  for suites that measure something else
     verdict(rows) -> list[Check]               the rules the suite exists for
-and optionally plot(rows, out_dir) -> list[str].
+and optionally group_key(case): cases with the same key are timed interleaved.
 """
 from __future__ import annotations
 

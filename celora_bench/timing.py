@@ -1,14 +1,21 @@
-"""Timing a callable: torch.utils.benchmark on CPU, CUDA events on GPU. Raw samples kept."""
+"""Timing callables: torch.utils.benchmark on CPU, CUDA events on GPU. Raw samples kept.
+
+Callables that will be compared are timed interleaved (A B A B ...), so drift
+in the machine's speed lands on both sides of a ratio.
+"""
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch.utils import benchmark
 
 SPREAD_LIMIT = 0.10   # IQR / median above this is flagged, as torch's Measurement warns
+MIN_SAMPLES = 4
+BLOCK_S = 0.05        # each sample is the mean of enough calls to last about this long
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,8 @@ class TimeStats:
 
 @dataclass(frozen=True)
 class TimingBudget:
-    """How long to measure one callable: at least min_s, at most max_s (seconds)."""
+    """Per callable: at least MIN_SAMPLES samples; stop once past min_s seconds with
+    IQR/median under SPREAD_LIMIT, or once past max_s."""
 
     min_s: float = 0.2
     max_s: float = 1.0
@@ -51,37 +59,64 @@ class TimingBudget:
     cuda_reps: int = 50
 
     def __post_init__(self):
-        # torch's adaptive_autorange sizes blocks to ~50 ms and needs 4 of them for a spread
-        if not 0 < self.min_s <= self.max_s or self.max_s < 0.25:
+        if not 0 < self.min_s <= self.max_s:
             raise ValueError(f"TimingBudget min_s={self.min_s}, max_s={self.max_s} is invalid; "
-                             f"allowed: 0 < min_s <= max_s, max_s >= 0.25")
+                             f"allowed: 0 < min_s <= max_s")
 
 
-def time_cpu(fn: Callable[[], object], budget: TimingBudget, threads: int) -> TimeStats:
-    """torch.utils.benchmark: warm-up, then blocks until IQR/median < 10% or max_s ends."""
-    fn()  # warm-up outside the timer: first-touch allocations, lazy init
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    m = timer.adaptive_autorange(threshold=SPREAD_LIMIT, min_run_time=budget.min_s,
-                                 max_run_time=budget.max_s)
-    return TimeStats(tuple(m.times))
+def _settled(samples: list[list[float]]) -> bool:
+    return all(len(s) >= MIN_SAMPLES and not TimeStats(tuple(s)).spread for s in samples)
 
 
-def time_cuda(fn: Callable[[], object], budget: TimingBudget) -> TimeStats:
-    """CUDA events around each call after warm-up; synchronized before reading."""
-    for _ in range(budget.cuda_warmup):
-        fn()
+def time_cpu_interleaved(fns: Sequence[Callable[[], object]], budget: TimingBudget,
+                         threads: int) -> list[TimeStats]:
+    """One torch.utils.benchmark block per callable per round, rounds until settled or out of budget."""
+    timers, numbers = [], []
+    with benchmark.utils.common.set_torch_threads(threads):
+        for fn in fns:
+            t0 = time.perf_counter()
+            fn()                                   # warm-up, and the block-size estimate
+            one = max(time.perf_counter() - t0, 1e-7)
+            numbers.append(max(1, int(BLOCK_S / one)))
+            timers.append(benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads))
+    samples: list[list[float]] = [[] for _ in fns]
+    spent = [0.0] * len(fns)
+    active = set(range(len(fns)))
+    while active:                      # round robin over the callables not yet settled
+        for i in sorted(active):
+            m = timers[i].timeit(numbers[i])
+            samples[i].extend(m.times)
+            spent[i] += m.times[0] * numbers[i]
+            if len(samples[i]) >= MIN_SAMPLES and (
+                    spent[i] >= budget.max_s or (spent[i] >= budget.min_s and _settled([samples[i]]))):
+                active.discard(i)
+    return [TimeStats(tuple(s)) for s in samples]
+
+
+def time_cuda_interleaved(fns: Sequence[Callable[[], object]], budget: TimingBudget) -> list[TimeStats]:
+    """CUDA events around each call after warm-up, alternating the callables; one sync at the end."""
+    for fn in fns:
+        for _ in range(budget.cuda_warmup):
+            fn()
     torch.cuda.synchronize()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(budget.cuda_reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(budget.cuda_reps)]
-    for s, e in zip(starts, ends):
-        s.record()
-        fn()
-        e.record()
+    events = [[] for _ in fns]
+    for _ in range(budget.cuda_reps):
+        for i, fn in enumerate(fns):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            events[i].append((s, e))
     torch.cuda.synchronize()
-    return TimeStats(tuple(s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)))
+    return [TimeStats(tuple(s.elapsed_time(e) / 1e3 for s, e in ev)) for ev in events]
+
+
+def time_interleaved(fns: Sequence[Callable[[], object]], device: str, budget: TimingBudget,
+                     threads: int) -> list[TimeStats]:
+    if device.startswith("cuda"):
+        return time_cuda_interleaved(fns, budget)
+    return time_cpu_interleaved(fns, budget, threads)
 
 
 def time_fn(fn: Callable[[], object], device: str, budget: TimingBudget, threads: int) -> TimeStats:
-    if device.startswith("cuda"):
-        return time_cuda(fn, budget)
-    return time_cpu(fn, budget, threads)
+    return time_interleaved([fn], device, budget, threads)[0]

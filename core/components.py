@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
 # ---- forward ---------------------------------------------------------------
 
 def fwd_frozen(x: Tensor, W0: Tensor, bias: Tensor | None) -> Tensor:

@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from celora_bench.cases import Case, Row
-from celora_bench.measure import measure
-from celora_bench.suite import Check, Context, Options
+from celora_bench.suite import Check, Options
 from suites import layer_bench, models
 
 NAME = "backward-breakdown"
@@ -56,8 +55,12 @@ def cases(opts: Options) -> list[Case]:
     return out
 
 
-def run_case(case: Case, ctx: Context) -> list[Row]:
-    return measure(case, layer_bench.setup(case), ctx.budget, ctx.threads)
+setup = layer_bench.setup
+
+
+def group_key(case: Case) -> tuple:
+    """Every provider of one layer shape is timed interleaved with the others."""
+    return (case.model, case.layer, case.tokens, case.rank, case.dtype, case.device)
 
 
 # ---- verdict -----------------------------------------------------------------

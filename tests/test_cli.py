@@ -1,6 +1,5 @@
 """The CLI: list, run, show, export, plot; one-line errors with exit 2; Ctrl-C keeps results."""
 import csv
-import io
 import json
 import os
 import signal
@@ -110,7 +109,9 @@ def test_truncated_run_file_is_refused(run_file, tmp_path, capsys):
 
 def test_ctrl_c_keeps_measured_cases_and_resume_finishes(tmp_path):
     out = str(tmp_path / "int.json")
-    cmd = [sys.executable, "-m", "celora_bench.cli", "run", "backward-breakdown", "--quick", *SMALL, "--out", out]
+    two_groups = ["--model", "tiny", "-k", "tiny/q_proj/", "-k", "tiny/k_proj/"]
+    cmd = [sys.executable, "-m", "celora_bench.cli", "run", "backward-breakdown", "--quick", *two_groups,
+           "--out", out]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -127,9 +128,9 @@ def test_ctrl_c_keeps_measured_cases_and_resume_finishes(tmp_path):
     kept = results.load(out)
     assert kept.status == "interrupted" and kept.rows
     n_cases = len({r.case.id for r in kept.rows})
-    assert cli.main(["run", "backward-breakdown", "--quick", *SMALL, "--out", out, "--resume"]) == 0
+    assert cli.main(["run", "backward-breakdown", "--quick", *two_groups, "--out", out, "--resume"]) == 0
     done = results.load(out)
-    assert done.status == "complete" and len({r.case.id for r in done.rows}) == 6 > n_cases
+    assert done.status == "complete" and len({r.case.id for r in done.rows}) == 12 > n_cases
     # the cases kept from the interrupted run were not measured again
     first = {(r.case.id, r.component): r.samples for r in kept.rows}
     assert all(first[(r.case.id, r.component)] == r.samples for r in done.rows if r.case.id in

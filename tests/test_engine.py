@@ -10,7 +10,7 @@ from torch import nn
 import core
 from celora_bench import flops, memory, results, runner
 from celora_bench.cases import Case, Row
-from celora_bench.measure import Target, measure
+from celora_bench.measure import measure
 from celora_bench.suite import Options
 from celora_bench.timing import TimeStats, TimingBudget, time_fn
 from core.flops import COMPONENTS, layer_flops

@@ -1,0 +1,156 @@
+"""Compares two results files under regression rules such as ``time.median:10%``.
+
+A rule is METRIC:THRESHOLD%[@FIELD=VALUE[|VALUE],...]:
+    time.median, time.min  candidate slower than baseline by more than the threshold
+    flops                  FLOPs (analytic and counted) changed by more than the threshold, either way
+    memory                 bytes grew by more than the threshold
+    ratio                  CE-LoRA / dense median, both measured in the same run (interleaved),
+                           grew by more than the threshold; per component and per layer
+FIELD is suite, provider, component, layer, model or case (a substring of the case id).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celora_bench.cases import Case, Row
+from celora_bench.results import Run
+
+METRICS = ("time.median", "time.min", "flops", "memory", "ratio")
+FIELDS = ("suite", "provider", "component", "layer", "model", "case")
+RATIO_COMPONENTS = ("bwd.grad_x_frozen", "fwd+bwd")
+DEFAULT_COMPARE = ("time.median:10%", "flops:0%", "memory:5%")
+DEFAULT_GATE = ("ratio:15%", "flops:0%", "memory:0%@component=state|step.alloc")
+
+
+class RuleError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Rule:
+    metric: str
+    threshold: float               # a fraction: 0.10 for 10%
+    where: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str) -> "Rule":
+        head, _, where = spec.partition("@")
+        metric, sep, thr = head.partition(":")
+        if metric not in METRICS or not sep:
+            raise RuleError(f"--fail-on {spec!r}: metric must be one of {', '.join(METRICS)}, "
+                            f"as METRIC:N%[@FIELD=VALUE,...]")
+        try:
+            threshold = float(thr.rstrip("%")) / 100.0
+        except ValueError:
+            raise RuleError(f"--fail-on {spec!r}: threshold {thr!r} is not a percentage like 10%") from None
+        if threshold < 0:
+            raise RuleError(f"--fail-on {spec!r}: threshold must be >= 0%")
+        filters = []
+        for part in filter(None, where.split(",")):
+            field, eq, value = part.partition("=")
+            if field not in FIELDS or not eq or not value:
+                raise RuleError(f"--fail-on {spec!r}: filter {part!r} must be FIELD=VALUE with FIELD in "
+                                f"{', '.join(FIELDS)}")
+            filters.append((field, tuple(value.split("|"))))
+        return cls(metric, threshold, tuple(filters))
+
+    def __str__(self) -> str:
+        where = ",".join(f"{f}={'|'.join(v)}" for f, v in self.where)
+        return f"{self.metric}:{self.threshold * 100:g}%" + (f"@{where}" if where else "")
+
+    def selects(self, row: Row) -> bool:
+        for field, values in self.where:
+            if field == "case":
+                if not any(v in row.case.id for v in values):
+                    return False
+            elif field == "component":
+                if row.component not in values:
+                    return False
+            elif str(getattr(row.case, field)) not in values:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    case_id: str
+    component: str
+    baseline: float
+    candidate: float
+    base_spread: float | None      # IQR / median of each side, for time
+    cand_spread: float | None
+    regression: bool
+
+    @property
+    def delta(self) -> float:
+        return (self.candidate - self.baseline) / self.baseline if self.baseline else float("inf")
+
+
+def _key(r: Row) -> tuple[str, str]:
+    return r.case.id, r.component
+
+
+def _spread(r: Row) -> float | None:
+    t = r.time
+    return t.iqr / t.median if t and t.median else None
+
+
+def ratios(rows: list[Row]) -> dict[tuple[str, str], tuple[float, Row]]:
+    """(case id, component) -> (CE-LoRA median / dense median of the same group, the CE-LoRA row)."""
+    dense = {}
+    for r in rows:
+        if r.case.provider == "dense" and r.component in RATIO_COMPONENTS and r.time:
+            dense[(_group(r.case), r.component)] = r.time.median
+    out = {}
+    for r in rows:
+        if r.case.provider == "celora" and r.component in RATIO_COMPONENTS and r.time:
+            d = dense.get((_group(r.case), r.component))
+            if d:
+                out[_key(r)] = (r.time.median / d, r)
+    return out
+
+
+def _group(c: Case) -> tuple:
+    return (c.suite, c.model, c.layer, c.m, c.n, c.tokens, c.rank, c.dtype, c.device, c.params)
+
+
+def compare(base: Run, cand: Run, rules: list[Rule]) -> tuple[list[Finding], dict]:
+    """Findings for every rule and row both runs have, and the case-set difference."""
+    b = {_key(r): r for r in base.rows}
+    c = {_key(r): r for r in cand.rows}
+    common = sorted(set(b) & set(c))
+    findings: list[Finding] = []
+    for rule in rules:
+        if rule.metric == "ratio":
+            rb, rc = ratios(base.rows), ratios(cand.rows)
+            for k in sorted(set(rb) & set(rc)):
+                if not rule.selects(rc[k][1]):
+                    continue
+                vb, vc = rb[k][0], rc[k][0]
+                findings.append(Finding(str(rule), k[0], k[1], vb, vc, None, None,
+                                        vc > vb * (1 + rule.threshold)))
+            continue
+        for k in common:
+            rb_, rc_ = b[k], c[k]
+            if not rule.selects(rc_):
+                continue
+            if rule.metric.startswith("time.") and rb_.time and rc_.time:
+                stat = rule.metric.split(".")[1]
+                vb, vc = getattr(rb_.time, stat), getattr(rc_.time, stat)
+                findings.append(Finding(str(rule), *k, vb, vc, _spread(rb_), _spread(rc_),
+                                        vc > vb * (1 + rule.threshold)))
+            elif rule.metric == "flops":
+                for attr in ("flops_analytic", "flops_counted"):
+                    vb, vc = getattr(rb_, attr), getattr(rc_, attr)
+                    if vb is None or vc is None:
+                        continue
+                    changed = abs(vc - vb) > rule.threshold * abs(vb)
+                    findings.append(Finding(f"{rule} ({attr.split('_')[1]})", *k, vb, vc, None, None, changed))
+            elif rule.metric == "memory" and rb_.mem_bytes is not None and rc_.mem_bytes is not None:
+                vb, vc = rb_.mem_bytes, rc_.mem_bytes
+                findings.append(Finding(str(rule), *k, vb, vc, None, None, vc > vb * (1 + rule.threshold)))
+    cases = {"missing": sorted({k[0] for k in b} - {k[0] for k in c}),
+             "new": sorted({k[0] for k in c} - {k[0] for k in b}),
+             "common": len({k[0] for k in common})}
+    return findings, cases

@@ -1,0 +1,124 @@
+"""compare and gate: rule parsing, detection on synthetic runs, real injected regressions, pytest-benchmark."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import core
+from celora_bench import cli, results, runner
+from celora_bench.cases import Case, Row
+from celora_bench.compare import DEFAULT_GATE, Rule, RuleError, compare
+from celora_bench.suite import Options
+
+TINY_Q = "tiny/q_proj/"
+
+
+def test_rule_parsing():
+    r = Rule.parse("time.median:10%@provider=celora,component=bwd.grad_x_frozen|fwd+bwd")
+    assert r.metric == "time.median" and r.threshold == pytest.approx(0.10)
+    assert r.where == (("provider", ("celora",)), ("component", ("bwd.grad_x_frozen", "fwd+bwd")))
+    assert str(Rule.parse("flops:0%")) == "flops:0%"
+    for bad in ("speed:10%", "time.median", "time.median:ten%", "memory:-1%", "flops:0%@colour=red"):
+        with pytest.raises(RuleError):
+            Rule.parse(bad)
+
+
+def _case(provider="dense", layer="q_proj", p=1.0):
+    return Case("backward-breakdown", provider, "m", layer, 8, 8, 4, 2, keep_ratio=p)
+
+
+def _run(tmp_path, name, rows):
+    run = results.Run(path=str(tmp_path / name), run={"suites": ["backward-breakdown"]}, rows=rows)
+    run.save()
+    return run
+
+
+def test_compare_detects_each_metric(tmp_path):
+    d, c = _case(), _case("celora", p=0.5)
+    base = _run(tmp_path, "a.json", [
+        Row(d, "bwd.grad_x_frozen", (1.0,) * 5, 100, 100, 10), Row(c, "bwd.grad_x_frozen", (0.5,) * 5, 50, 50, 10)])
+    cand = _run(tmp_path, "b.json", [
+        Row(d, "bwd.grad_x_frozen", (2.0,) * 5, 100, 100, 10), Row(c, "bwd.grad_x_frozen", (1.5,) * 5, 60, 50, 11)])
+    found, cases = compare(base, cand, [Rule.parse(s) for s in
+                                        ("time.median:10%", "flops:0%", "memory:5%", "ratio:15%")])
+    bad = {(f.rule.split(":")[0], f.case_id == c.id) for f in found if f.regression}
+    # time: both slower; flops: analytic changed on celora; memory: +10% on celora; ratio 0.5 -> 0.75
+    assert bad == {("time.median", False), ("time.median", True), ("flops", True), ("memory", True),
+                   ("ratio", True)}
+    assert cases == {"missing": [], "new": [], "common": 2}
+    # the same run against itself: nothing
+    assert not any(f.regression for f in compare(base, base, [Rule.parse("time.median:0%")])[0])
+
+
+def test_compare_cli_exit_codes(tmp_path, capsys):
+    a = _run(tmp_path, "a.json", [Row(_case(), "fwd", (1.0,) * 4, 10)])
+    b = _run(tmp_path, "b.json", [Row(_case(), "fwd", (1.3,) * 4, 10)])
+    other = _run(tmp_path, "c.json", [Row(_case(layer="k_proj"), "fwd", (1.0,) * 4, 10)])
+    assert cli.main(["compare", a.path, a.path]) == 0
+    assert cli.main(["compare", a.path, b.path]) == 1
+    assert cli.main(["compare", a.path, b.path, "--fail-on", "time.median:50%"]) == 0
+    assert cli.main(["compare", a.path, other.path]) == 2
+    assert "no case in common" in capsys.readouterr().err
+    assert cli.main(["compare", a.path, str(tmp_path / "missing.json")]) == 2
+    assert cli.main(["compare", a.path, b.path, "--fail-on", "speed:1%"]) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_baseline(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("gate") / "base.json")
+    runner.run(["backward-breakdown"], Options(model="tiny"), path, filt=TINY_Q)
+    return path
+
+
+def _gate(base, cand_path):
+    return cli.main(["gate", "--from", cand_path, "--baseline", base])
+
+
+def test_gate_passes_a_run_against_itself_and_refuses_a_changed_case_set(tiny_baseline, tmp_path):
+    assert _gate(tiny_baseline, tiny_baseline) == 0
+    fewer = results.load(tiny_baseline)
+    fewer.rows = [r for r in fewer.rows if r.case.provider != "peft"]
+    fewer.path = str(tmp_path / "fewer.json")
+    fewer.save()
+    assert _gate(tiny_baseline, fewer.path) == 1
+
+
+def test_gate_fails_when_the_index_is_refreshed_every_step(tiny_baseline, tmp_path, monkeypatch):
+    monkeypatch.setattr(core.CELoRALinear, "refresh_due", lambda self: not self.dense)
+    cand = str(tmp_path / "refresh.json")
+    runner.run(["backward-breakdown"], Options(model="tiny"), cand, filt=TINY_Q)
+    assert _gate(tiny_baseline, cand) == 1
+
+
+def test_gate_fails_when_celora_silently_falls_back_to_dense(tiny_baseline, tmp_path, monkeypatch):
+    from core import components
+    monkeypatch.setattr(core.CELoRALinear, "grad_x_frozen",
+                        lambda self, gy: components.grad_x_frozen_dense(gy, self.weight))
+    cand = str(tmp_path / "fallback.json")
+    runner.run(["backward-breakdown"], Options(model="tiny"), cand, filt=TINY_Q)
+    assert _gate(tiny_baseline, cand) == 1
+    assert DEFAULT_GATE[0].startswith("ratio")
+
+
+def test_pytest_benchmark_integration(tmp_path):
+    storage = str(tmp_path / "bench")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "CELORA_BENCH_MODEL": "tiny", "PYTHONPATH": root}
+    base = [sys.executable, "-m", "pytest", "-q", os.path.join(root, "benchmarks"), "-p", "no:cacheprovider",
+            "-k", "q_proj-dense", "--benchmark-only", "--benchmark-storage=bench"]
+    run = dict(env=env, capture_output=True, text=True, cwd=tmp_path)    # storage must sit under cwd
+    first = subprocess.run(base + ["--benchmark-autosave"], **run)
+    assert first.returncode == 0, first.stdout[-2000:]
+    saved = glob.glob(os.path.join(storage, "*", "*.json"))
+    assert len(saved) == 1
+    data = json.load(open(saved[0]))
+    assert data["machine_info"]["cpu_model"] and data["machine_info"]["torch"]
+    extra = data["benchmarks"][0]["extra_info"]
+    assert extra["provider"] == "dense" and extra["flops"] > 0 and extra["component"] in ("fwd+bwd",
+                                                                                           "bwd.grad_x_frozen")
+    again = subprocess.run(base + ["--benchmark-compare", "--benchmark-compare-fail=median:1000%"], **run)
+    assert again.returncode == 0, again.stdout[-2000:]
+    assert "machine_info is different" not in again.stdout + again.stderr
