@@ -140,6 +140,10 @@ def build_parser() -> Parser:
     gate.add_argument("-k", dest="filter", action="append", default=None,
                       help="only cases whose id contains FILTER (repeat for any of several)")
 
+    merge = sub.add_parser("merge", help="join the parts of a sharded run (--shard i/n)")
+    merge.add_argument("runs", nargs="+", metavar="RUN")
+    merge.add_argument("--out", required=True, help="the merged results file")
+
     plot = sub.add_parser("plot", help="PNG plots of a run")
     plot.add_argument("run", metavar="RUN")
     plot.add_argument("--out", default=None, help="folder (default: next to the run file)")
@@ -365,7 +369,18 @@ def cmd_gate(args) -> int:
     return _judge(_load(args.baseline), cand, rules, False, strict_cases=True)
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "show": cmd_show, "export": cmd_export, "plot": cmd_plot,
+def cmd_merge(args) -> int:
+    from celora_bench.merge import MergeError, merge
+
+    try:
+        run = merge([_load(p) for p in args.runs], args.out)
+    except MergeError as e:
+        raise CLIError(str(e)) from None
+    print(f"merged {len(args.runs)} parts, {len(run.done_case_ids())} cases: {args.out}")
+    return 0
+
+
+COMMANDS = {"merge": cmd_merge, "list": cmd_list, "run": cmd_run, "show": cmd_show, "export": cmd_export, "plot": cmd_plot,
             "compare": cmd_compare, "gate": cmd_gate}
 
 if __name__ == "__main__":

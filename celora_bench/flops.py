@@ -2,14 +2,16 @@
 
 The profiler records every aten op with its input shapes and its enclosing
 scopes; one small formula per matmul op (as fvcore's jit_handles) turns shapes
-into FLOPs. torch's own FlopCounterMode misses in-place ``addmm_``, so it is
-given that formula too and used as the independent total.
+into FLOPs. torch's own FlopCounterMode misses in-place ``addmm_`` and CPU
+SDPA attention, so it is given those formulas too and used as the independent total.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+import time
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -35,9 +37,21 @@ def _baddbmm(s):
     return _bmm(s[1:3])
 
 
+def _sdpa_cpu(s):       # q (B, H, S, D), k (B, Hk, Sk, D): QKᵀ and PV, causal mask not discounted
+    b, h, sq, d = s[0]
+    return 4 * b * h * sq * s[1][2] * d
+
+
+def _sdpa_cpu_backward(s):   # grad_out, q, k, ...: dV, dP, dQ, dK
+    b, h, sq, d = s[1]
+    return 8 * b * h * sq * s[2][2] * d
+
+
 # profiler op name -> formula over the op's input shapes
-MATMUL_OPS = {"aten::mm": _mm, "aten::addmm": _addmm, "aten::addmm_": _addmm,
-              "aten::bmm": _bmm, "aten::baddbmm": _baddbmm}
+FLOP_OPS = {"aten::mm": _mm, "aten::addmm": _addmm, "aten::addmm_": _addmm,
+            "aten::bmm": _bmm, "aten::baddbmm": _baddbmm,
+            "aten::_scaled_dot_product_flash_attention_for_cpu": _sdpa_cpu,
+            "aten::_scaled_dot_product_flash_attention_for_cpu_backward": _sdpa_cpu_backward}
 
 
 def _scope_of(event, scopes: frozenset[str]) -> str:
@@ -49,10 +63,10 @@ def _scope_of(event, scopes: frozenset[str]) -> str:
     return "other"
 
 
-def _inside_matmul(event) -> bool:
+def _inside_counted(event) -> bool:
     p = event.cpu_parent
     while p is not None:
-        if p.name in MATMUL_OPS:
+        if p.name in FLOP_OPS:
             return True
         p = p.cpu_parent
     return False
@@ -77,39 +91,70 @@ def _quiet_stderr():
         os.close(devnull)
 
 
-def profile_scopes(fn: Callable[[], object], scopes: Iterable[str], device: str = "cpu"
-                   ) -> tuple[dict[str, int], dict[str, int]]:
-    """Runs fn once under the profiler; returns (FLOPs by scope, bytes allocated by scope).
+@dataclass(frozen=True)
+class ScopeProfile:
+    """One profiled run split by scope ("other" = outside every named scope).
 
-    Bytes: the sum of every op's positive self allocations inside the scope
-    (gross allocations, CPU or CUDA by device), not a peak. Ops outside every
-    named scope go to "other".
+    flops: 2·m·n·k per matmul. bytes: gross positive allocations (not a peak).
+    seconds: profiler time inside each scope (CPU time, or device time on CUDA),
+    which includes the profiler's own overhead.
     """
+
+    flops: dict[str, int]
+    bytes: dict[str, int]
+    seconds: dict[str, float]
+    wall_s: float
+
+
+def profile_scopes(fn: Callable[[], object], scopes: Iterable[str], device: str = "cpu") -> ScopeProfile:
+    """Runs fn once under the profiler and splits FLOPs, allocations and time by scope."""
     scopes = frozenset(scopes)
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    cuda = device.startswith("cuda")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with _quiet_stderr(), profile(activities=acts, record_shapes=True, profile_memory=True) as prof:
+        t0 = time.perf_counter()
         fn()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
     flops: dict[str, int] = {}
     mem: dict[str, int] = {}
-    cuda = device.startswith("cuda")
+    secs: dict[str, float] = {}
     for e in prof.events():
         scope = _scope_of(e, scopes)
-        formula = MATMUL_OPS.get(e.name)
-        if formula is not None and not _inside_matmul(e):
+        formula = FLOP_OPS.get(e.name)
+        if formula is not None and not _inside_counted(e):
             flops[scope] = flops.get(scope, 0) + int(formula(e.input_shapes))
         alloc = e.self_device_memory_usage if cuda else e.self_cpu_memory_usage
         if alloc and alloc > 0:
             mem[scope] = mem.get(scope, 0) + int(alloc)
-    return flops, mem
+        if e.name in scopes and _scope_of(e, scopes) == "other":      # outermost scope events only
+            t = e.device_time_total if cuda else e.cpu_time_total
+            secs[e.name] = secs.get(e.name, 0.0) + t / 1e6
+    return ScopeProfile(flops, mem, secs, wall)
 
 
 def _addmm_inplace_flop(c_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * a_shape[0] * a_shape[1] * b_shape[1]
 
 
+def _sdpa_cpu_flop(q, k, v, *args, out_shape=None, **kwargs) -> int:
+    return 4 * q[0] * q[1] * q[2] * k[2] * q[3]
+
+
+def _sdpa_cpu_backward_flop(grad_out, q, k, *args, out_shape=None, **kwargs) -> int:
+    return 8 * q[0] * q[1] * q[2] * k[2] * q[3]
+
+
 def torch_total(fn: Callable[[], object]) -> int:
-    """Total FLOPs by torch.utils.flop_counter.FlopCounterMode (taught in-place addmm_)."""
-    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_inplace_flop})
+    """Total FLOPs by torch.utils.flop_counter.FlopCounterMode, taught in-place addmm_ and CPU SDPA."""
+    aten = torch.ops.aten
+    mapping = {aten.addmm_: _addmm_inplace_flop}
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu_flop),
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_cpu_backward_flop)):
+        if hasattr(aten, name):
+            mapping[getattr(aten, name)] = formula
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
     with counter:
         fn()
     return int(counter.get_total_flops())

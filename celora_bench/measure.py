@@ -34,6 +34,9 @@ class Target:
     analytic: component (or whole phase) -> FLOPs by formula.
     amortized: derived component -> (source component, divisor), e.g.
         {"selection.amortized": ("selection", tau)}.
+    flop_rows: rows of FLOPs only (no timing): name -> the counted scope it
+        reads ("other" for everything outside the scopes; None: analytic only),
+        with the profiler's seconds in that scope in extra.
     state_bytes: persistent bytes the provider keeps beyond W0 (None: not applicable).
     """
 
@@ -46,18 +49,21 @@ class Target:
     state_bytes: int | None = None
     state_what: str = ""
     notes: dict[str, str] = field(default_factory=dict)
+    flop_rows: dict[str, str | None] = field(default_factory=dict)
+    count_row: str = "fwd+bwd"
 
 
 def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, threads: int) -> list[Row]:
     """Rows for every case of the group; each component is timed across the group A B A B."""
     device = items[0][0].device
-    counted, allocated, totals = [], [], []
+    counted, allocated, seconds, walls, totals = [], [], [], [], []
     for case, target in items:
         if target.count is None:
-            counted.append({}), allocated.append({}), totals.append(None)
+            counted.append({}), allocated.append({}), seconds.append({}), walls.append(None), totals.append(None)
             continue
-        c, a = F.profile_scopes(target.count, target.scopes, case.device)
-        counted.append(c), allocated.append(a), totals.append(F.torch_total(target.count))
+        prof = F.profile_scopes(target.count, target.scopes, case.device)
+        counted.append(prof.flops), allocated.append(prof.bytes), seconds.append(prof.seconds)
+        walls.append(prof.wall_s), totals.append(F.torch_total(target.count))
 
     times: list[dict] = [{} for _ in items]
     names = list(dict.fromkeys(n for _, t in items for n in (*t.parts, *t.whole)))
@@ -74,8 +80,8 @@ def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, thread
             fl, al, note = counted[i].get(name), allocated[i].get(name, 0), target.notes.get(name, "")
             if has_count and fl is None:
                 # not in a steady-state step (e.g. an index refresh): count the part alone
-                c, a = F.profile_scopes(fn, (), case.device)
-                fl, al = sum(c.values()), sum(a.values())
+                alone = F.profile_scopes(fn, (), case.device)
+                fl, al = sum(alone.flops.values()), sum(alone.bytes.values())
                 note = "; ".join(x for x in (note, "counted alone: not part of a steady-state step") if x)
             rows.append(Row(case, name, times[i][name].samples, target.analytic.get(name),
                             fl if has_count else None, al if has_count else None, PROFILER_WHAT, note))
@@ -85,13 +91,19 @@ def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, thread
                                 note=f"{source} / {divisor}"))
         for name, fn in target.whole.items():
             peak, what = memory.phase_peak(fn, case.device)
-            whole_total = name == "fwd+bwd" and has_count
+            whole_total = name == target.count_row and has_count
             rows.append(Row(case, name, times[i][name].samples, target.analytic.get(name),
                             totals[i] if whole_total else None, peak, what, target.notes.get(name, ""),
                             {"other_flops": counted[i].get("other", 0)} if whole_total else {}))
+        for name, scope in target.flop_rows.items():
+            rows.append(Row(case, name, (), target.analytic.get(name),
+                            counted[i].get(scope, 0) if scope and has_count else None,
+                            note=target.notes.get(name, ""),
+                            extra={"profiled_s": seconds[i].get(scope)} if scope else {}))
         if has_count:
             rows.append(Row(case, "step.alloc", mem_bytes=sum(allocated[i].values()), mem_what=STEP_WHAT,
-                            extra={"flops_by_scope": counted[i], "bytes_by_scope": allocated[i]}))
+                            extra={"flops_by_scope": counted[i], "bytes_by_scope": allocated[i],
+                                   "seconds_by_scope": seconds[i], "profiled_wall_s": walls[i]}))
         if target.state_bytes is not None:
             rows.append(Row(case, "state", mem_bytes=target.state_bytes, mem_what=target.state_what))
     return rows

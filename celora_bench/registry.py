@@ -5,6 +5,7 @@ import importlib
 
 SUITES = {
     "backward-breakdown": "suites.backward_breakdown",
+    "model-step": "suites.model_step",
 }
 
 

@@ -29,6 +29,7 @@ MODELS = {m.name: m for m in [
     ModelShape("tiny", "llama", 256, 688, 4, 4, 64, 4, 512),
     ModelShape("llama-3.2-1b", "llama", 2048, 8192, 32, 8, 64, 16, 128256),
     ModelShape("llama-3.1-8b", "llama", 4096, 14336, 32, 8, 128, 32, 128256),
+    ModelShape("qwen2.5-0.5b", "qwen2", 896, 4864, 14, 2, 64, 24, 151936),
     ModelShape("qwen2.5-7b", "qwen2", 3584, 18944, 28, 4, 128, 28, 152064),
 ]}
 
@@ -37,3 +38,29 @@ def get(name: str) -> ModelShape:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     return MODELS[name]
+
+
+def hf_config(shape: ModelShape, attn: str = "sdpa"):
+    """A transformers config with the real shapes (no download): LlamaConfig or Qwen2Config."""
+    import transformers
+
+    kw = dict(hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+              num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, head_dim=shape.head_dim,
+              num_hidden_layers=shape.layers, vocab_size=shape.vocab, max_position_embeddings=4096,
+              tie_word_embeddings=False, attn_implementation=attn)
+    if shape.family == "qwen2":
+        return transformers.Qwen2Config(**kw)
+    return transformers.LlamaConfig(**kw)
+
+
+def build_model(name: str, dtype=None, attn: str = "sdpa", seed: int = 0, path: str | None = None):
+    """A causal LM: random init from the named shapes, or loaded from a local checkpoint folder."""
+    import torch
+    import transformers
+
+    if path is not None:
+        return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
+                                                                 attn_implementation=attn, local_files_only=True)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(hf_config(get(name), attn))
+    return model.to(dtype) if dtype is not None else model

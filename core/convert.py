@@ -1,0 +1,182 @@
+"""Applies CE-LoRA to a transformers model (or a peft LoRA model) and saves peft-loadable adapters."""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from core.config import CELoRAConfig
+from core.layer import CELoRALinear
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The reference code's keep ratios; q, k and gate keep a dense backward.
+PAPER_RATIOS = {"v_proj": 0.55, "o_proj": 0.55, "up_proj": 0.65, "down_proj": 0.65}
+PRESETS = ("paper", "all", "dense")
+
+
+@dataclass(frozen=True)
+class Converted:
+    """One converted module: name, (out, in) shape, keep ratio, LoRA rank, SVD rank, cache mode."""
+
+    module: str
+    shape: tuple[int, int]
+    keep_ratio: float
+    r: int
+    r0: int
+    cache_rows: bool
+
+
+class Conversion(list):
+    """The summary convert() returns: a list of Converted with a plain-text table."""
+
+    def __str__(self) -> str:
+        lines = [f"{'module':60s} {'shape':>12s} {'p':>5s} {'r':>3s} {'r0':>3s}"]
+        for c in self:
+            lines.append(f"{c.module:60s} {f'{c.shape[0]}x{c.shape[1]}':>12s} {c.keep_ratio:5.2f} "
+                         f"{c.r:3d} {c.r0:3d}")
+        return "\n".join(lines)
+
+
+def preset(name: str, r: int = 16, alpha: float = 32.0, dropout: float = 0.0, keep_ratio: float = 0.5,
+           **kw) -> dict[str, CELoRAConfig]:
+    """A named plan: pattern -> config.
+
+    paper: v, o at 0.55 and up, down at 0.65, LoRA rank and r0 both floor(7r/8)
+    (the reference's balanced rank; with svd_rank given, LoRA rank r - floor(r0/7));
+    q, k, gate dense LoRA of rank r. all: every projection at keep_ratio with r0
+    balanced. dense: LoRA everywhere, no sampling.
+    """
+    base = CELoRAConfig(r=r, alpha=alpha, dropout=dropout, **kw)
+    if name == "dense":
+        return {f"*{p}": replace(base, keep_ratio=1.0, svd_rank=0) for p in PROJECTIONS}
+    if name == "all":
+        return {f"*{p}": _sampled(base, keep_ratio) for p in PROJECTIONS}
+    if name == "paper":
+        return {f"*{p}": _sampled(base, PAPER_RATIOS[p]) if p in PAPER_RATIOS else
+                replace(base, keep_ratio=1.0, svd_rank=0) for p in PROJECTIONS}
+    raise ValueError(f"unknown plan preset {name!r}; allowed: {', '.join(PRESETS)} or a mapping "
+                     f"pattern -> CELoRAConfig")
+
+
+def _sampled(base: CELoRAConfig, p: float) -> CELoRAConfig:
+    if base.svd_rank is None:
+        r = max(1, (7 * base.r) // 8)                  # balanced: LoRA rank = r0 = floor(7r/8)
+        return replace(base, r=r, keep_ratio=p, svd_rank=r)
+    return replace(base, r=max(1, base.r - base.svd_rank // 7), keep_ratio=p)
+
+
+def _match(name: str, plan: dict[str, CELoRAConfig]) -> CELoRAConfig | None:
+    for pattern, cfg in plan.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return cfg
+    return None
+
+
+def _peft_lora(module: nn.Module):
+    """(base Linear, A, B, scale, dropout p) of a peft LoRA Linear with one active adapter, else None."""
+    if not (hasattr(module, "base_layer") and hasattr(module, "lora_A") and isinstance(module.lora_A, nn.ModuleDict)):
+        return None
+    names = list(module.lora_A.keys())
+    if len(names) != 1:
+        raise ValueError(f"peft module with adapters {names}: convert one adapter at a time")
+    a = names[0]
+    drop = module.lora_dropout[a]
+    return (module.base_layer, module.lora_A[a].weight, module.lora_B[a].weight, module.scaling[a],
+            drop.p if isinstance(drop, nn.Dropout) else 0.0)
+
+
+def convert(model: nn.Module, plan="paper", **preset_kw) -> Conversion:
+    """Replaces matching linear layers (and peft LoRA layers) with CELoRALinear, in place.
+
+    plan: a preset name ("paper", "all", "dense"; preset_kw go to ``preset``) or a
+    mapping from fnmatch patterns over module names (e.g. "*v_proj") to CELoRAConfig.
+    A peft LoRA layer keeps its trained lora_A and lora_B and its alpha/r scale; the
+    plan sets p, r0, tau and score. lm_head is never converted.
+    """
+    if isinstance(plan, str):
+        plan = preset(plan, **preset_kw)
+    summary = Conversion()
+    for name, module in list(model.named_modules()):
+        if name.endswith("lm_head") or any(name.startswith(c.module + ".") for c in summary):
+            continue                   # the lm_head, and the insides of a layer just converted
+        peft_parts = _peft_lora(module)
+        if peft_parts is None and not isinstance(module, nn.Linear):
+            continue
+        cfg = _match(name.replace(".base_layer", ""), plan)
+        if cfg is None:
+            continue
+        if peft_parts is not None:
+            base, A, B, scale, p_drop = peft_parts
+            cfg = replace(cfg, r=A.shape[0], alpha=scale * A.shape[0], dropout=p_drop)
+            new = CELoRALinear.from_linear(base, cfg)
+            with torch.no_grad():
+                new.lora_A.copy_(A)
+                new.lora_B.copy_(B)
+        else:
+            new = CELoRALinear.from_linear(module, cfg)
+        _set(model, name, new)
+        summary.append(Converted(name, (new.out_features, new.in_features), cfg.keep_ratio, cfg.r, new.r0,
+                                 cfg.cache_rows))
+    if not summary:
+        raise ValueError("convert: no module matched the plan; patterns: " + ", ".join(plan))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for m in model.modules():
+        if isinstance(m, CELoRALinear):
+            m.lora_A.requires_grad_(True)
+            m.lora_B.requires_grad_(True)
+    return summary
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+# ---- adapters ----------------------------------------------------------------
+
+def _peft_name(name: str) -> str:
+    name = name.removeprefix("base_model.model.")
+    return f"base_model.model.{name}"
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """lora_A / lora_B of every CE-LoRA layer under peft's key names."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, CELoRALinear):
+            out[f"{_peft_name(name)}.lora_A.weight"] = m.lora_A.detach().contiguous().cpu()
+            out[f"{_peft_name(name)}.lora_B.weight"] = m.lora_B.detach().contiguous().cpu()
+    return out
+
+
+def save_adapter(model: nn.Module, path: str, base_model_name_or_path: str | None = None) -> None:
+    """Writes adapter_config.json and adapter_model.safetensors that peft.PeftModel.from_pretrained loads.
+
+    Per-module ranks (the paper preset's balanced ranks) go to rank_pattern and
+    alpha_pattern, so every module keeps its alpha / r scale.
+    """
+    from safetensors.torch import save_file
+
+    layers = {n.removeprefix("base_model.model."): m for n, m in model.named_modules()
+              if isinstance(m, CELoRALinear)}
+    if not layers:
+        raise ValueError("save_adapter: the model has no CE-LoRA layer")
+    first = next(iter(layers.values())).config
+    r, alpha = first.r, first.alpha
+    os.makedirs(path, exist_ok=True)
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
+        "r": r, "lora_alpha": alpha, "lora_dropout": first.dropout, "bias": "none",
+        "target_modules": sorted({n.split(".")[-1] for n in layers}),
+        "rank_pattern": {n: m.config.r for n, m in layers.items() if m.config.r != r},
+        "alpha_pattern": {n: m.config.alpha for n, m in layers.items() if m.config.alpha != alpha},
+        "inference_mode": True, "fan_in_fan_out": False, "init_lora_weights": True,
+    }
+    with open(os.path.join(path, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    save_file(adapter_state_dict(model), os.path.join(path, "adapter_model.safetensors"))
