@@ -66,12 +66,16 @@ def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, thread
         walls.append(prof.wall_s), totals.append(F.torch_total(target.count))
 
     times: list[dict] = [{} for _ in items]
+    peaks: list[dict] = [{} for _ in items]
     names = list(dict.fromkeys(n for _, t in items for n in (*t.parts, *t.whole)))
-    for name in names:
+    for name in names:           # in declaration order; a whole phase's memory right after its timing
         idx = [i for i, (_, t) in enumerate(items) if name in t.parts or name in t.whole]
         fns = [{**items[i][1].parts, **items[i][1].whole}[name] for i in idx]
         for i, stats in zip(idx, time_interleaved(fns, device, budget, threads)):
             times[i][name] = stats
+        for i, fn in zip(idx, fns):
+            if name in items[i][1].whole:
+                peaks[i][name] = memory.phase_peak(fn, items[i][0].device)
 
     rows: list[Row] = []
     for i, (case, target) in enumerate(items):
@@ -89,8 +93,8 @@ def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, thread
             if source in times[i]:
                 rows.append(Row(case, name, tuple(s / divisor for s in times[i][source].samples),
                                 note=f"{source} / {divisor}"))
-        for name, fn in target.whole.items():
-            peak, what = memory.phase_peak(fn, case.device)
+        for name in target.whole:
+            peak, what = peaks[i][name]
             whole_total = name == target.count_row and has_count
             rows.append(Row(case, name, times[i][name].samples, target.analytic.get(name),
                             totals[i] if whole_total else None, peak, what, target.notes.get(name, ""),

@@ -1,0 +1,48 @@
+"""model-step on the tiny model: counted FLOPs against the analytic model, providers agree, verdict."""
+import pytest
+
+from celora_bench import results, runner
+from celora_bench.suite import Options
+from core.flops import COMPONENTS
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("ms") / "ms.json")
+    return runner.run(["model-step"], Options(mode="quick", batch=2, seq=32), path)
+
+
+def _rows(run, provider):
+    return {r.component: r for r in run.rows if r.case.provider == provider}
+
+
+def test_every_provider_measured_with_phases_and_memory(run):
+    assert run.status == "complete", run.errors
+    for prov in ("peft", "dense", "celora-paper", "celora-all"):
+        rows = _rows(run, prov)
+        for phase in ("fwd", "bwd", "optimizer", "step"):
+            assert rows[phase].time.count >= 4 and rows[phase].mem_bytes is not None
+        assert rows["state"].mem_bytes > 0
+
+
+@pytest.mark.parametrize("provider", ["dense", "celora-paper", "celora-all"])
+def test_counted_flops_match_the_analytic_model(run, provider):
+    rows = _rows(run, provider)
+    for c in COMPONENTS:
+        assert rows[c].flops_counted == rows[c].flops_analytic, c
+    assert rows["rest"].flops_counted == rows["rest"].flops_analytic     # attention + lm_head
+    assert rows["step"].flops_counted == rows["step"].flops_analytic     # FlopCounterMode total
+
+
+def test_peft_and_our_dense_lora_do_the_same_work(run):
+    assert _rows(run, "peft")["step"].flops_counted == _rows(run, "dense")["step"].flops_counted
+    assert _rows(run, "celora-all")["bwd.grad_x_frozen"].flops_counted < \
+        _rows(run, "dense")["bwd.grad_x_frozen"].flops_counted
+
+
+def test_verdict_has_the_model_level_checks(run):
+    checks = results.load(run.path).verdicts["model-step"]
+    names = {c["check"] for c in checks}
+    assert {"1. model-level G_y·W0 share", "2. step speed-up vs ours dense", "3. step speed-up vs peft LoRA"} <= names
+    share = next(c for c in checks if c["metric"] == "FLOP share (counted)")
+    assert 0.2 < share["value"] < 0.6
