@@ -173,6 +173,12 @@ def _console():
     return c if c.is_terminal else Console(width=220)
 
 
+def _console_null():
+    from rich.console import Console
+
+    return Console(file=open(os.devnull, "w"))
+
+
 def _load(path: str):
     from celora_bench.results import ResultsError, load
 
@@ -240,7 +246,16 @@ def cmd_run(args) -> int:
     opts = Options(mode=args.mode, device=args.device, dtype=args.dtype, model=args.model, data=args.data,
                    model_path=args.model_path, batch=args.batch, seq=args.seq)
     out = args.out or runner.default_out(args.suites)
-    console = _console()
+    from celora_bench import distributed
+    if distributed.world_size_from_env() > 1:       # under torchrun: rank 0 prints and writes
+        for name in args.suites:
+            if not getattr(registry.get(name), "DISTRIBUTED", False):
+                raise CLIError(f"suite {name!r} does not run under torchrun; distributed suites: "
+                               + ", ".join(n for n in registry.SUITES if getattr(registry.get(n), "DISTRIBUTED", 0)))
+        distributed.init(args.device)
+        if args.out is None:
+            out = distributed.gather(out)[0]          # one file name for every rank
+    console = _console() if distributed.is_writer() else _console_null()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
                         transient=False)
@@ -266,8 +281,10 @@ def cmd_run(args) -> int:
         console.print(f"interrupted: every case measured so far is in {out}; "
                       f"continue with --resume --out {out}")
         return 130
-    report.render(run, console, detail=args.detail)
-    console.print(f"results: {out}")
+    if distributed.is_writer():
+        report.render(run, console, detail=args.detail)
+        console.print(f"results: {out}")
+    distributed.shutdown()
     return 0
 
 

@@ -33,6 +33,7 @@ def frame(run: Run) -> pd.DataFrame:
             "mem_what": r.mem_what,
             "note": r.note,
             "samples_s": json.dumps(list(r.samples)),
+            "extra": json.dumps(r.extra, sort_keys=True),
         })
         records.append(rec)
     df = pd.DataFrame.from_records(records)
@@ -44,7 +45,7 @@ def frame(run: Run) -> pd.DataFrame:
 
 def _rendered(df: pd.DataFrame) -> pd.DataFrame:
     """For human formats: milliseconds with 4 significant digits, no raw samples."""
-    out = df.drop(columns=["samples_s", "case_id"], errors="ignore").copy()
+    out = df.drop(columns=["samples_s", "case_id", "extra"], errors="ignore").copy()
     for col in ("median_s", "iqr_s", "min_s"):
         if col in out:
             out[col.replace("_s", "_ms")] = out.pop(col).map(lambda v: None if pd.isna(v) else float(f"{v * 1e3:.4g}"))

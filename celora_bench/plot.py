@@ -113,8 +113,15 @@ def speedup(cases: dict, title: str, path: str) -> str:
 
 
 def plot(run: Run, out_dir: str) -> list[str]:
+    """The layer plots for every layer-level group, then each suite's own plots (if it has any)."""
+    from celora_bench import registry
+
     os.makedirs(out_dir, exist_ok=True)
     paths = []
+    for suite in sorted({r.case.suite for r in run.rows}):
+        mod = registry.get(suite)
+        if hasattr(mod, "plot"):
+            paths += mod.plot([r for r in run.rows if r.case.suite == suite], out_dir)
     for (model, N, r, dtype, device), cases in sorted(_groups(run).items()):
         tag = f"{model}-N{N}-r{r}-{dtype}-{device}"
         title = f"{model}, N={N}, r={r}, {dtype}, {device}"

@@ -6,11 +6,13 @@ import importlib
 SUITES = {
     "backward-breakdown": "suites.backward_breakdown",
     "model-step": "suites.model_step",
+    "approx-error": "suites.approx_error",
+    "convergence": "suites.convergence",
 }
 
 
 class UnknownSuite(ValueError):
-    pass
+    """A suite name that is not registered."""
 
 
 def get(name: str):

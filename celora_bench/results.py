@@ -38,6 +38,7 @@ class Run:
     rows: list[Row] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     verdicts: dict = field(default_factory=dict)
+    writer: bool = True            # under torchrun only rank 0 writes
 
     def done_case_ids(self) -> set[str]:
         return {r.case.id for r in self.rows}
@@ -54,6 +55,8 @@ class Run:
                 "verdicts": self.verdicts}
 
     def save(self) -> None:
+        if not self.writer:
+            return
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")

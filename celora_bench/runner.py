@@ -5,12 +5,12 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Callable
 
 import torch
 
-from celora_bench import malloc, registry, results
+from celora_bench import distributed, malloc, registry, results
 from celora_bench.cases import Case
 from celora_bench.measure import measure_group
 from celora_bench.suite import Context, Options, budget_for
@@ -48,7 +48,14 @@ def run(suite_names: list[str], opts: Options, out: str, *, filt=None,
         malloc.tune()
     if threads:
         torch.set_num_threads(threads)
-    ctx = Context(budget_for(opts.mode), torch.get_num_threads(), opts)
+    budget = budget_for(opts.mode)
+    if distributed.world_size_from_env() > 1:
+        for name in suite_names:
+            if not getattr(registry.get(name), "DISTRIBUTED", False):
+                raise ValueError(f"suite {name!r} does not run under torchrun; run it as one process")
+        distributed.init(opts.device)
+        budget = replace(budget, fixed=5 if opts.mode == "quick" else 10)
+    ctx = Context(budget, torch.get_num_threads(), opts)
     todo = plan(suite_names, opts, filt)
     if shard is not None:
         todo = shard_of(todo, *shard)
@@ -57,7 +64,9 @@ def run(suite_names: list[str], opts: Options, out: str, *, filt=None,
         run_.status = "running"
     else:
         run_ = results.Run(path=out, run={"suites": suite_names, "options": asdict(opts), "filter": filt,
-                                          "shard": list(shard) if shard else None, "argv": sys.argv[1:]})
+                                          "shard": list(shard) if shard else None, "argv": sys.argv[1:],
+                                          "world_size": distributed.world()})
+    run_.writer = distributed.is_writer()
     done = run_.done_case_ids()
     pending = [(s, c) for s, c in todo if c.id not in done]
     if on_start:
@@ -104,12 +113,21 @@ def _record_error(run_: results.Run, case: Case, e: BaseException) -> None:
                         "where": traceback.format_exc(limit=3)[-800:]})
 
 
+def _with_ranks(rows: list) -> list:
+    """Under torchrun: every rank's raw samples of each row, kept in the row (rank 0's are its own)."""
+    if not distributed.active():
+        return rows
+    per_rank = distributed.gather([r.samples for r in rows])
+    return [replace(r, extra={**r.extra, "per_rank_samples": [p[i] for p in per_rank]}) if r.samples else r
+            for i, r in enumerate(rows)]
+
+
 def run_group(run_: results.Run, suite, cases: list[Case], ctx: Context) -> None:
     """Measures one group and saves; a case that fails is recorded and the others go on."""
     if not hasattr(suite, "setup"):
         for case in cases:
             try:
-                run_.add(suite.run_case(case, ctx))
+                run_.add(_with_ranks(suite.run_case(case, ctx)))
             except (RuntimeError, MemoryError, ValueError) as e:
                 _record_error(run_, case, e)
                 run_.save()
@@ -122,7 +140,7 @@ def run_group(run_: results.Run, suite, cases: list[Case], ctx: Context) -> None
             _record_error(run_, case, e)
     try:
         if items:
-            run_.add(measure_group(items, ctx.budget, ctx.threads))
+            run_.add(_with_ranks(measure_group(items, ctx.budget, ctx.threads)))
     except (RuntimeError, MemoryError, ValueError) as e:
         for case, _ in items:
             _record_error(run_, case, e)

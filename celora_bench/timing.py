@@ -58,6 +58,7 @@ class TimingBudget:
     max_s: float = 1.0
     cuda_warmup: int = 10
     cuda_reps: int = 50
+    fixed: int | None = None      # exactly this many one-call samples (data-parallel ranks must agree)
 
     def __post_init__(self):
         if not 0 < self.min_s <= self.max_s:
@@ -78,6 +79,8 @@ def time_cpu_interleaved(fns: Sequence[Callable[[], object]], budget: TimingBudg
     timeit.Timer that it wraps, under its thread setting; one warm-up per callable.
     """
     samples: list[list[float]] = [[] for _ in fns]
+    if budget.fixed:
+        return _fixed_rounds(fns, budget.fixed, threads)
     with benchmark.utils.common.set_torch_threads(threads):
         timers, numbers = [], []
         for fn in fns:
@@ -100,6 +103,20 @@ def time_cpu_interleaved(fns: Sequence[Callable[[], object]], budget: TimingBudg
                 if len(samples[i]) >= MIN_SAMPLES and (
                         spent[i] >= budget.max_s or (spent[i] >= budget.min_s and _settled([samples[i]]))):
                     active.discard(i)
+    return [TimeStats(tuple(s)) for s in samples]
+
+
+def _fixed_rounds(fns, rounds: int, threads: int) -> list[TimeStats]:
+    """One warm-up, then exactly ``rounds`` single calls each, interleaved: the same calls on every rank."""
+    samples: list[list[float]] = [[] for _ in fns]
+    with benchmark.utils.common.set_torch_threads(threads):
+        for fn in fns:
+            fn()
+        for _ in range(rounds):
+            for i, fn in enumerate(fns):
+                t0 = time.perf_counter()
+                fn()
+                samples[i].append(time.perf_counter() - t0)
     return [TimeStats(tuple(s)) for s in samples]
 
 

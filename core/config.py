@@ -30,6 +30,9 @@ class CELoRAConfig:
             k*n extra values per layer); False (default, "lean") gathers W0[I, :]
             in each backward instead.
         seed: seed of the "random" score.
+        sync_scores: under torch.distributed data parallelism, all-reduce the
+            column norms of G_y (m floats) before top-k, so every rank keeps
+            the same index set. Off: each rank selects from its own batch.
 
     Raises:
         ValueError: a field is outside its allowed range; the message names it.
@@ -45,6 +48,7 @@ class CELoRAConfig:
     score: str = "product"
     cache_rows: bool = False
     seed: int = 0
+    sync_scores: bool = False
 
     def __post_init__(self) -> None:
         _check(isinstance(self.r, int) and self.r >= 1, "r", self.r, "an integer >= 1")
@@ -58,6 +62,7 @@ class CELoRAConfig:
         _check(self.score in SCORES, "score", self.score, ", ".join(SCORES))
         _check(isinstance(self.cache_rows, bool), "cache_rows", self.cache_rows, "True or False")
         _check(isinstance(self.seed, int), "seed", self.seed, "an integer")
+        _check(isinstance(self.sync_scores, bool), "sync_scores", self.sync_scores, "True or False")
 
     @property
     def scale(self) -> float:

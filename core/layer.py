@@ -87,7 +87,8 @@ class CELoRALinear(nn.Module):
 
     def refresh(self, gy: Tensor) -> None:
         """Selects I from G_y (N, m) and rebuilds the cached rows now."""
-        self.idx = selection.select(self.config.score, gy, self.res_sq, self.k, self._generator)
+        reduce = _all_reduce_sum if self.config.sync_scores and _distributed() else None
+        self.idx = selection.select(self.config.score, gy, self.res_sq, self.k, self._generator, reduce)
         if self.config.cache_rows:
             self.rows = selection.residual_rows(self.weight, self.idx, self.B0, self.A0)
         self.refreshed_at = self.steps
@@ -140,6 +141,15 @@ class LoRALinear(CELoRALinear):
             raise ValueError(f"LoRALinear is dense: keep_ratio must be 1 and svd_rank 0 or None, "
                              f"got keep_ratio={config.keep_ratio}, svd_rank={config.svd_rank}")
         return cls(linear.weight, linear.bias, config)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduce_sum(t: Tensor) -> None:
+    """Sums the (m,) score statistic over data-parallel ranks (every rank refreshes at the same step)."""
+    torch.distributed.all_reduce(t)
 
 
 def celora_modules(model: nn.Module):

@@ -49,11 +49,18 @@ def random_index(m: int, k: int, generator: torch.Generator, device) -> Tensor:
 
 
 def select(score_rule: str, gy: Tensor, res_sq: Tensor, k: int,
-           generator: torch.Generator) -> Tensor:
-    """The index set I for one refresh under the given score rule."""
+           generator: torch.Generator, reduce=None) -> Tensor:
+    """The index set I for one refresh under the given score rule.
+
+    reduce: applied in place to the (m,) column norms before ranking, e.g. an
+    all-reduce over data-parallel ranks so that every rank selects the same I.
+    """
     if score_rule == "product":
         # ‖G_y[:, i]‖·‖R[i, :]‖ ranks the same as its square.
-        return top_k_index(column_sq_norms(gy) * res_sq, k)
+        col = column_sq_norms(gy)
+        if reduce is not None:
+            reduce(col)
+        return top_k_index(col * res_sq, k)
     if score_rule == "residual_norm":
         return top_k_index(res_sq, k)
     return random_index(res_sq.numel(), k, generator, res_sq.device)

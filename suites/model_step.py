@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 import core
+from celora_bench import distributed
 from celora_bench.cases import Case, Row
 from celora_bench.measure import Target
 from celora_bench.suite import Check, Options
@@ -21,6 +22,7 @@ from suites import models
 from suites.layer_bench import DTYPES
 
 NAME = "model-step"
+DISTRIBUTED = True             # runs under torchrun with DDP
 DESCRIPTION = "One training step of a whole LLaMA-shaped model: time, memory and FLOPs per component vs peft"
 PROVIDERS = ("peft", "dense", "celora-paper", "celora-all")
 RANK, ALPHA = 16, 32.0
@@ -105,12 +107,16 @@ def analytic(layers: list[_Layer], shape: models.ModelShape, batch: int, seq: in
 def setup(case: Case) -> Target:
     p = dict(case.params)
     shape = models.get(case.model)
-    dtype, device = DTYPES[case.dtype], torch.device(case.device)
+    dtype, device = DTYPES[case.dtype], torch.device(distributed.local_device(case.device))
     model = models.build_model(case.model, path=p.get("path")).to(device=device, dtype=dtype)
     model.config.use_cache = False
     apply(model, case.provider)
     model.train()
-    g = torch.Generator().manual_seed(0)
+    layers_info = _layers(model, case.provider, shape)
+    ddp = distributed.active()
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    g = torch.Generator().manual_seed(distributed.rank())      # each data-parallel rank its own batch
     ids = torch.randint(0, shape.vocab, (p["batch"], p["seq"]), generator=g).to(device)
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -122,25 +128,25 @@ def setup(case: Case) -> Target:
         loss().backward()
         opt.zero_grad(set_to_none=True)
 
-    count()                                   # first backward: CE-LoRA selects its index here
-    kept = loss()
+    # the optimizer is timed on copies holding real gradients, so the model (and the
+    # graph retained for "bwd") stays as it is; "step" (timed last) trains the model itself
+    loss().backward()                         # first backward: CE-LoRA selects its index here
+    copies = [q.detach().clone() for q in params]
+    for c, q in zip(copies, params):
+        c.grad = q.grad.detach().clone()
+    opt.zero_grad(set_to_none=True)
+    opt_copy = torch.optim.AdamW(copies, lr=1e-4)
+    kept = None if distributed.active() else loss()
 
     def bwd():
         return torch.autograd.grad(kept, params, retain_graph=True)
-
-    # the optimizer is timed on copies holding real gradients, so the model and its
-    # retained graph stay as they are; "step" (timed last) trains the model itself
-    copies = [q.detach().clone() for q in params]
-    for c, gq in zip(copies, bwd()):
-        c.grad = gq
-    opt_copy = torch.optim.AdamW(copies, lr=1e-4)
 
     def step():
         opt.zero_grad(set_to_none=True)
         loss().backward()
         opt.step()
 
-    fl = analytic(_layers(model, case.provider, shape), shape, p["batch"], p["seq"])
+    fl = analytic(layers_info, shape, p["batch"], p["seq"])
     if case.provider == "peft":
         rows = {"lora_layers": None, "rest": None, "rest.attention": None, "rest.lm_head": None}
         notes = {"lora_layers": "peft: autograd's backward, not split into components"}
@@ -148,7 +154,10 @@ def setup(case: Case) -> Target:
         rows = {**{c: c for c in COMPONENTS}, "lora_layers": None, "rest": "other", "rest.attention": None,
                 "rest.lm_head": None}
         notes = {"rest": "counted: everything outside the LoRA layers' scopes"}
-    return Target(whole={"fwd": loss, "bwd": bwd, "optimizer": opt_copy.step, "step": step}, count=count,
+    # under DDP the backward must run as a real step (its all-reduce hooks fire on .grad accumulation)
+    whole = {"optimizer": opt_copy.step, "step": step} if ddp else \
+        {"fwd": loss, "bwd": bwd, "optimizer": opt_copy.step, "step": step}
+    return Target(whole=whole, count=count,
                   scopes=COMPONENTS + ("selection",), analytic=fl, flop_rows=rows, count_row="step",
                   notes=notes, state_bytes=sum(q.numel() * q.element_size() for q in params),
                   state_what="trainable LoRA parameters, bytes (CE-LoRA's B0, A0, I and cached rows not included)")

@@ -27,6 +27,7 @@ class ModelShape:
 
 MODELS = {m.name: m for m in [
     ModelShape("tiny", "llama", 256, 688, 4, 4, 64, 4, 512),
+    ModelShape("tiny-byte", "llama", 256, 688, 4, 2, 64, 4, 256),     # the accuracy suites' byte-level model
     ModelShape("llama-3.2-1b", "llama", 2048, 8192, 32, 8, 64, 16, 128256),
     ModelShape("llama-3.1-8b", "llama", 4096, 14336, 32, 8, 128, 32, 128256),
     ModelShape("qwen2.5-0.5b", "qwen2", 896, 4864, 14, 2, 64, 24, 151936),

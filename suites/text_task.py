@@ -1,0 +1,171 @@
+"""Real text and a small LLaMA-shaped model, with no network.
+
+Pretraining text: the Python standard library's source. Fine-tuning text:
+Python's documentation prose (pydoc_data.topics), split into train and
+held-out eval. Both ship with every Python. Tokens are bytes (vocabulary 256).
+The small model is pretrained once, deterministically, and cached. Users pass
+--model-path (a local transformers checkpoint with its tokenizer) and --data
+(plain text, or JSONL in the LLM-Adapters instruction/input/output format).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sysconfig
+from dataclasses import dataclass
+
+import torch
+
+from suites import models
+
+PRETRAIN_STEPS = 300
+PRETRAIN_BATCH, PRETRAIN_SEQ, PRETRAIN_LR = 16, 128, 2e-3
+EVAL_FRACTION = 0.1
+
+
+def cache_dir() -> str:
+    return os.environ.get("CELORA_BENCH_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "celora_bench"))
+
+
+def stdlib_source(max_bytes: int = 4_000_000) -> bytes:
+    """The standard library's .py files (tests excluded), in sorted order, up to max_bytes."""
+    root = sysconfig.get_paths()["stdlib"]
+    out, total = [], 0
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in ("test", "tests", "idlelib", "site-packages", "__pycache__"))
+        for name in sorted(files):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    data = f.read()
+                out.append(data)
+                total += len(data)
+                if total >= max_bytes:
+                    return b"\n".join(out)[:max_bytes]
+    return b"\n".join(out)
+
+
+def pydoc_prose() -> bytes:
+    from pydoc_data.topics import topics
+    return "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")
+
+
+def read_user_data(path: str) -> bytes:
+    """Plain text, or JSONL records {"instruction", "input", "output"} (LLM-Adapters) joined as prompts."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if path.endswith((".jsonl", ".json")):
+        lines = []
+        for i, line in enumerate(raw.decode("utf-8").splitlines()):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                raise ValueError(f"--data {path!r}: line {i + 1} is not JSON") from None
+            if not isinstance(rec, dict) or "instruction" not in rec or "output" not in rec:
+                raise ValueError(f"--data {path!r}: line {i + 1} has no 'instruction' and 'output' fields")
+            lines.append(f"### Instruction:\n{rec['instruction']}\n\n### Input:\n{rec.get('input', '')}\n\n"
+                         f"### Response:\n{rec['output']}\n")
+        raw = "\n".join(lines).encode("utf-8")
+    if len(raw) < 4096:
+        raise ValueError(f"--data {path!r} holds {len(raw)} bytes; at least 4096 are needed")
+    return raw
+
+
+class Tokens:
+    """Byte tokens, or a local checkpoint's tokenizer."""
+
+    def __init__(self, tokenizer=None):
+        self.tokenizer = tokenizer
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        if self.tokenizer is None:
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+        return torch.tensor(self.tokenizer(data.decode("utf-8", "replace"))["input_ids"], dtype=torch.long)
+
+
+def windows(ids: torch.Tensor, batch: int, seq: int, generator: torch.Generator) -> torch.Tensor:
+    """batch random windows of seq tokens: (batch, seq)."""
+    starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=generator)
+    return torch.stack([ids[s:s + seq] for s in starts.tolist()])
+
+
+def _pretrain_key() -> str:
+    shape = models.get("tiny-byte")
+    key = json.dumps([shape.__dict__, PRETRAIN_STEPS, PRETRAIN_BATCH, PRETRAIN_SEQ, PRETRAIN_LR,
+                      hashlib.sha256(stdlib_source()).hexdigest(), torch.__version__.split("+")[0]])
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def pretrained_tiny(log=None) -> str:
+    """Path of the small byte-level model pretrained on the stdlib source (trained once, then cached)."""
+    path = os.path.join(cache_dir(), f"pretrained-tiny-byte-{_pretrain_key()}")
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    torch.manual_seed(0)
+    model = models.build_model("tiny-byte", seed=0)
+    model.config.use_cache = False
+    ids = Tokens()(stdlib_source())
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, PRETRAIN_LR, total_steps=PRETRAIN_STEPS, pct_start=0.1)
+    model.train()
+    for step in range(PRETRAIN_STEPS):
+        x = windows(ids, PRETRAIN_BATCH, PRETRAIN_SEQ, g)
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log and step % 50 == 0:
+            log(f"pretraining the tiny model on the stdlib source: step {step}, loss {loss.item():.3f}")
+    tmp = path + ".tmp"
+    model.save_pretrained(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class Task:
+    """A model factory and fine-tuning text, tokenized, with a held-out split."""
+
+    model_path: str
+    tokens: Tokens
+    train: torch.Tensor
+    eval: torch.Tensor
+    source: str
+
+    def model(self, dtype=torch.float32):
+        m = models.build_model("tiny-byte", path=self.model_path, dtype=dtype, attn="sdpa")
+        m.config.use_cache = False
+        return m
+
+    def eval_batches(self, batch: int, seq: int, n: int) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(1234)
+        return [windows(self.eval, batch, seq, g) for _ in range(n)]
+
+
+_TASKS: dict[tuple, Task] = {}
+
+
+def task(model_path: str | None = None, data: str | None = None) -> Task:
+    """The fine-tuning task: the cached pretrained tiny model on pydoc prose, or the user's model and data."""
+    key = (model_path, data)
+    if key in _TASKS:
+        return _TASKS[key]
+    if model_path is None:
+        path, tokens = pretrained_tiny(), Tokens()
+    else:
+        from transformers import AutoTokenizer
+        try:
+            tok = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--model-path {model_path!r}: no tokenizer there ({type(e).__name__})") from None
+        path, tokens = model_path, Tokens(tok)
+    text = read_user_data(data) if data else pydoc_prose()
+    ids = tokens(text)
+    cut = int(len(ids) * (1 - EVAL_FRACTION))
+    t = Task(path, tokens, ids[:cut], ids[cut:], data or "pydoc_data.topics")
+    _TASKS[key] = t
+    return t

@@ -1,0 +1,59 @@
+"""CUDA paths: skipped where no GPU is present; scripts/gpu_check.sh runs them on one."""
+import pytest
+import torch
+from torch import nn
+
+import core
+from celora_bench import memory, timing
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _pair(dtype, **kw):
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 512)
+    cpu = core.CELoRALinear.from_linear(lin, core.CELoRAConfig(r=8, keep_ratio=0.5, **kw))
+    gpu = core.CELoRALinear.from_linear(nn.Linear(256, 512), core.CELoRAConfig(r=8, keep_ratio=0.5, **kw))
+    with torch.no_grad():
+        cpu.lora_B.normal_()
+        for name in ("weight", "bias", "lora_A", "lora_B"):
+            getattr(gpu, name).copy_(getattr(cpu, name))
+    return cpu.double(), gpu.cuda().to(dtype)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 5e-2)])
+@pytest.mark.parametrize("cache_rows", [False, True])
+def test_cuda_layer_matches_cpu_float64(dtype, tol, cache_rows):
+    cpu, gpu = _pair(dtype, cache_rows=cache_rows, svd_rank=4)
+    cpu = core.CELoRALinear.from_linear(nn.Linear(256, 512).double(), cpu.config)  # SVD in float64 on CPU
+    with torch.no_grad():
+        for name in ("weight", "bias", "lora_A", "lora_B"):
+            getattr(cpu, name).copy_(getattr(gpu, name).double().cpu())
+    x = torch.randn(4, 32, 256, dtype=torch.float64)
+    gy = torch.randn(4, 32, 512, dtype=torch.float64) * torch.exp(2 * torch.randn(512, dtype=torch.float64))
+    xg = x.cuda().to(dtype).requires_grad_(True)
+    gpu(xg).backward(gy.cuda().to(dtype))
+    assert gpu.B0.is_cuda and gpu.idx.is_cuda                      # SVD and selection ran on the device
+    xc = x.clone().requires_grad_(True)
+    cpu(xc).backward(gy)
+    assert torch.equal(gpu.idx.cpu(), cpu.idx) or dtype == torch.bfloat16
+    rel = (xg.grad.double().cpu() - xc.grad).norm() / xc.grad.norm()
+    assert rel < tol
+    rel_b = (gpu.lora_B.grad.double().cpu() - cpu.lora_B.grad).norm() / cpu.lora_B.grad.norm()
+    assert rel_b < tol
+
+
+def test_cuda_event_timing_and_memory_stats():
+    a = torch.randn(1024, 1024, device="cuda")
+    stats = timing.time_interleaved([lambda: a @ a], "cuda", timing.TimingBudget(cuda_warmup=3, cuda_reps=10), 1)
+    assert stats[0].count == 10 and all(t > 0 for t in stats[0].samples)
+    assert memory.cuda_phase(lambda: torch.empty(2**20, device="cuda"), "cuda") >= 4 * 2**20
+
+
+def test_cuda_suite_runs(tmp_path):
+    from celora_bench import cli, results
+    out = str(tmp_path / "cuda.json")
+    assert cli.main(["run", "backward-breakdown", "--device", "cuda", "--model", "tiny", "-k", "tiny/q_proj/",
+                     "--out", out]) == 0
+    run = results.load(out)
+    assert run.machine_info["gpu"]["name"] and not run.errors
