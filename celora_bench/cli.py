@@ -397,8 +397,8 @@ def cmd_merge(args) -> int:
     return 0
 
 
-COMMANDS = {"merge": cmd_merge, "list": cmd_list, "run": cmd_run, "show": cmd_show, "export": cmd_export, "plot": cmd_plot,
-            "compare": cmd_compare, "gate": cmd_gate}
+COMMANDS = {"list": cmd_list, "run": cmd_run, "show": cmd_show, "export": cmd_export, "plot": cmd_plot,
+            "compare": cmd_compare, "gate": cmd_gate, "merge": cmd_merge}
 
 if __name__ == "__main__":
     sys.exit(main())

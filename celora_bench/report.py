@@ -98,7 +98,7 @@ def verdict_table(title: str, checks: list[Check]) -> Table:
     for col in ("check", "scope", "metric", "value", "target", "status", "detail"):
         t.add_column(col, justify="right" if col == "value" else "left")
     for c in checks:
-        v = "—" if c.value is None else f"{c.value:.3f}"
+        v = "—" if c.value is None else f"{c.value:.4g}"
         t.add_row(c.check, c.scope, c.metric, v, c.target, f"[{STATUS_STYLE.get(c.status, '')}]{c.status}[/]",
                   c.detail)
     return t

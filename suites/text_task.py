@@ -137,6 +137,8 @@ class Task:
     source: str
 
     def model(self, dtype=torch.float32):
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()          # "Loading weights" bars, once per arm and seed
         m = models.build_model("tiny-byte", path=self.model_path, dtype=dtype, attn="sdpa")
         m.config.use_cache = False
         return m
