@@ -5,7 +5,8 @@ A rule is METRIC:THRESHOLD%[@FIELD=VALUE[|VALUE],...]:
     flops                  FLOPs (analytic and counted) changed by more than the threshold, either way
     memory                 bytes grew by more than the threshold
     ratio                  CE-LoRA / dense median, both measured in the same run (interleaved),
-                           grew by more than the threshold; per component and per layer
+                           grew by more than the threshold; per component, per layer (where dense
+                           takes >= 10 ms) and per block (sums over the layers of one configuration)
 FIELD is suite, provider, component, layer, model or case (a substring of the case id).
 """
 from __future__ import annotations
@@ -96,23 +97,39 @@ def _spread(r: Row) -> float | None:
     return t.iqr / t.median if t and t.median else None
 
 
+def _group(c: Case) -> tuple:
+    return (c.suite, c.model, c.layer, c.m, c.n, c.tokens, c.rank, c.dtype, c.device, c.params)
+
+
+RATIO_MIN_S = 0.010     # per-layer ratios are gated only where dense takes >= 10 ms (smaller ones are noise)
+
+
 def ratios(rows: list[Row]) -> dict[tuple[str, str], tuple[float, Row]]:
-    """(case id, component) -> (CE-LoRA median / dense median of the same group, the CE-LoRA row)."""
+    """(case id, component) -> (CE-LoRA median / dense median of the same group, the CE-LoRA row).
+
+    Per layer where the dense median is at least RATIO_MIN_S, and per block: the
+    sums over every layer of one configuration (id with the layer as "*").
+    """
     dense = {}
     for r in rows:
         if r.case.provider == "dense" and r.component in RATIO_COMPONENTS and r.time:
             dense[(_group(r.case), r.component)] = r.time.median
     out = {}
+    block: dict[tuple[str, str], list] = {}
     for r in rows:
         if r.case.provider == "celora" and r.component in RATIO_COMPONENTS and r.time:
             d = dense.get((_group(r.case), r.component))
-            if d:
+            if not d:
+                continue
+            if d >= RATIO_MIN_S:
                 out[_key(r)] = (r.time.median / d, r)
+            bkey = (r.case.id.replace(f"/{r.case.layer}/", "/*/"), r.component)
+            acc = block.setdefault(bkey, [0.0, 0.0, r])
+            acc[0] += r.time.median
+            acc[1] += d
+    for bkey, (c, d, r) in block.items():
+        out[bkey] = (c / d, r)
     return out
-
-
-def _group(c: Case) -> tuple:
-    return (c.suite, c.model, c.layer, c.m, c.n, c.tokens, c.rank, c.dtype, c.device, c.params)
 
 
 def compare(base: Run, cand: Run, rules: list[Rule]) -> tuple[list[Finding], dict]:

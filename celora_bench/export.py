@@ -16,25 +16,14 @@ def frame(run: Run) -> pd.DataFrame:
     """One line per (case, component). Units: seconds, FLOPs (2·m·n·k), bytes."""
     records = []
     for r in run.rows:
-        t = r.time
-        rec = {"case_id": r.case.id}
-        rec.update({k: getattr(r.case, k) for k in CASE_COLUMNS})
-        rec["params"] = json.dumps(dict(r.case.params), sort_keys=True)
-        rec.update({
-            "component": r.component,
-            "median_s": t.median if t else None,
-            "iqr_s": t.iqr if t else None,
-            "min_s": t.min if t else None,
-            "count": t.count if t else 0,
-            "spread": t.spread if t else False,
-            "flops_analytic": r.flops_analytic,
-            "flops_counted": r.flops_counted,
-            "mem_bytes": r.mem_bytes,
-            "mem_what": r.mem_what,
-            "note": r.note,
-            "samples_s": json.dumps(list(r.samples)),
-            "extra": json.dumps(r.extra, sort_keys=True),
-        })
+        d = r.to_json()                                  # the file's own fields, stats derived once
+        rec = {"case_id": d["case_id"], **{k: getattr(r.case, k) for k in CASE_COLUMNS},
+               "params": json.dumps(dict(r.case.params), sort_keys=True), "component": r.component}
+        rec.update({f"{k}_s": d[k] for k in ("median", "iqr", "min")})
+        rec.update({k: d[k] for k in ("count", "spread", "flops_analytic", "flops_counted", "mem_bytes",
+                                      "mem_what", "note")})
+        rec["samples_s"] = json.dumps(d["samples"])
+        rec["extra"] = json.dumps(d["extra"], sort_keys=True)
         records.append(rec)
     df = pd.DataFrame.from_records(records)
     for col in ("flops_analytic", "flops_counted", "mem_bytes"):

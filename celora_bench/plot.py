@@ -22,6 +22,15 @@ BWD = ("bwd.grad_x_frozen", "bwd.grad_h", "bwd.grad_B", "bwd.grad_A", "bwd.grad_
 LAYER_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def save(fig, out_dir: str, name: str) -> str:
+    """Writes a figure as out_dir/name at 120 dpi and closes it; returns the path."""
+    path = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _groups(run: Run):
     """(model, N, r, dtype, device) -> {case: {component: Row}} for layer-level cases."""
     out = defaultdict(dict)
@@ -65,10 +74,7 @@ def breakdown(cases: dict, title: str, path: str) -> str:
     ax.set_ylabel("backward time, ms (median)")
     ax.set_title(title)
     ax.margins(y=0.25)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, *os.path.split(path))
 
 
 def speedup(cases: dict, title: str, path: str) -> str:
@@ -104,12 +110,11 @@ def speedup(cases: dict, title: str, path: str) -> str:
          plt.Line2D([], [], marker="o", ls="", color="C0"), plt.Line2D([], [], marker="o", ls="", color="C3"),
          plt.Line2D([], [], marker="s", ls="", color="grey", fillstyle="none")]
     fig.legend(h, ["ideal 1/p", "Amdahl bound (measured share)", "G_y·W0 component", "layer fwd+bwd",
-                   "square: double-LoRA r0>0; hollow: lean"], loc="lower center", ncol=3, fontsize=8)
+                   "square: double-LoRA r0>0; hollow: lean"], loc="lower center", ncol=3, fontsize=8,
+               bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    fig.subplots_adjust(bottom=0.2)
+    return save(fig, *os.path.split(path))
 
 
 def plot(run: Run, out_dir: str) -> list[str]:

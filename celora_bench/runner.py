@@ -1,6 +1,7 @@
 """Runs suites case by case, saving after every case; Ctrl-C keeps what was measured."""
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -145,6 +146,8 @@ def run_group(run_: results.Run, suite, cases: list[Case], ctx: Context) -> None
         for case, _ in items:
             _record_error(run_, case, e)
     run_.save()
+    del items
+    gc.collect()                     # free this group's models before the next is built
 
 
 def warm_up(device: str, seconds: float = 1.5) -> None:

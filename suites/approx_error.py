@@ -271,9 +271,9 @@ def summary_table(rows: list[Row]):
 
 
 def plot(rows: list[Row], out_dir: str) -> list[str]:
-    import os
-
     import matplotlib.pyplot as plt
+
+    from celora_bench.plot import save
     gx = [r for r in rows if r.case.param("kind") == "gx" and r.extra.get("staleness") == 0]
     if not gx:
         return []
@@ -302,8 +302,4 @@ def plot(rows: list[Row], out_dir: str) -> list[str]:
     axes[1].set_title(f"index staleness (r0={bal}, product score)")
     axes[1].legend(fontsize=8)
     axes[1].grid(alpha=0.3)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "approx-error.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [save(fig, out_dir, "approx-error.png")]

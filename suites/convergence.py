@@ -207,10 +207,10 @@ def summary_table(rows: list[Row]):
 
 
 def plot(rows: list[Row], out_dir: str) -> list[str]:
-    import os
-
     import matplotlib.pyplot as plt
     import numpy as np
+
+    from celora_bench.plot import save
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ai, comp in enumerate(("train_loss", "eval_loss")):
         ax = axes[ai]
@@ -231,8 +231,4 @@ def plot(rows: list[Row], out_dir: str) -> list[str]:
         ax.set_ylabel("cross-entropy, nats/token")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "convergence-loss.png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [save(fig, out_dir, "convergence-loss.png")]

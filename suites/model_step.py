@@ -47,7 +47,11 @@ def cases(opts: Options) -> list[Case]:
     return out
 
 
-def group_key(case: Case) -> tuple:
+# No group_key: each provider is measured alone, its model freed before the next is built
+# (four Llama-3.2-1B models at once do not fit in 24 GiB).
+
+
+def _group(case: Case) -> tuple:
     return (case.model, case.tokens, case.dtype, case.device, case.params)
 
 
@@ -179,7 +183,7 @@ def verdict(rows: list[Row]) -> list[Check]:
     checks: list[Check] = []
     groups: dict[tuple, dict[str, Case]] = {}
     for r in rows:
-        groups.setdefault(group_key(r.case), {})[r.case.provider] = r.case
+        groups.setdefault(_group(r.case), {})[r.case.provider] = r.case
     for key, provs in groups.items():
         dense, peft_ = provs.get("dense"), provs.get("peft")
         scope = f"{key[0]} {dict(key[4]).get('batch')}x{dict(key[4]).get('seq')} tokens"
