@@ -57,4 +57,4 @@ class Check:
 
 
 def budget_for(mode: str) -> TimingBudget:
-    return TimingBudget(min_s=0.05, max_s=0.25) if mode == "quick" else TimingBudget(min_s=0.2, max_s=1.0)
+    return TimingBudget(min_s=0.05, max_s=0.25) if mode == "quick" else TimingBudget(min_s=0.1, max_s=0.5)

@@ -112,7 +112,10 @@ def test_ctrl_c_keeps_measured_cases_and_resume_finishes(tmp_path):
     two_groups = ["--model", "tiny", "-k", "tiny/q_proj/", "-k", "tiny/k_proj/"]
     cmd = [sys.executable, "-m", "celora_bench.cli", "run", "backward-breakdown", "--quick", *two_groups,
            "--out", out]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a job started in the background inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the child the default disposition, as a terminal's Ctrl-C would find it
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.2)
