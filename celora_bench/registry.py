@@ -19,7 +19,3 @@ def get(name: str):
     if name not in SUITES:
         raise UnknownSuite(f"unknown suite {name!r}; known suites: {', '.join(SUITES)}")
     return importlib.import_module(SUITES[name])
-
-
-def all_suites():
-    return [get(n) for n in SUITES]

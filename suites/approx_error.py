@@ -87,7 +87,7 @@ def captures(case: Case) -> dict:
 
     def hook(name):
         def fwd(mod, inputs, out):
-            if store is not None and mod.training:
+            if mod.training:
                 x = inputs[0].detach().reshape(-1, mod.in_features)
                 out.register_hook(lambda g: store.__setitem__(name, [x, g.detach().reshape(-1, mod.out_features)]))
         return fwd
