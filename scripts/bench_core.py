@@ -28,11 +28,6 @@ def case(layer, provider, p=1.0, cache_rows=False, tokens=2048):
                 svd_rank=0, cache_rows=cache_rows)
 
 
-def targets_for(c: Case):
-    t = layer_bench.setup(c)
-    return t.parts, t.whole["fwd+bwd"]
-
-
 def interleaved(fns: dict, rounds: int, budget: TimingBudget, threads: int) -> dict[str, float]:
     """Median over rounds of each callable's median; the callables alternate every round."""
     got = {k: [] for k in fns}
