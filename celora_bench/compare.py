@@ -82,6 +82,7 @@ class Finding:
     base_spread: float | None      # IQR / median of each side, for time
     cand_spread: float | None
     regression: bool
+    rechecks: tuple[float, ...] = ()   # the candidate value in each recheck of a time regression (gate)
 
     @property
     def delta(self) -> float:
@@ -97,7 +98,7 @@ def _spread(r: Row) -> float | None:
     return t.iqr / t.median if t and t.median else None
 
 
-def _group(c: Case) -> tuple:
+def group_of(c: Case) -> tuple:
     return (c.suite, c.model, c.layer, c.m, c.n, c.tokens, c.rank, c.dtype, c.device, c.params)
 
 
@@ -113,12 +114,12 @@ def ratios(rows: list[Row]) -> dict[tuple[str, str], tuple[float, Row]]:
     dense = {}
     for r in rows:
         if r.case.provider == "dense" and r.component in RATIO_COMPONENTS and r.time:
-            dense[(_group(r.case), r.component)] = r.time.median
+            dense[(group_of(r.case), r.component)] = r.time.median
     out = {}
     block: dict[tuple[str, str], list] = {}
     for r in rows:
         if r.case.provider == "celora" and r.component in RATIO_COMPONENTS and r.time:
-            d = dense.get((_group(r.case), r.component))
+            d = dense.get((group_of(r.case), r.component))
             if not d:
                 continue
             if d >= RATIO_MIN_S:

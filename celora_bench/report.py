@@ -146,22 +146,31 @@ def render(run: Run, console: Console, detail: bool = False) -> None:
 
 
 def compare_table(findings, show_all: bool) -> Table:
-    scope = "" if show_all else " (regressions only; --all for every row)"
+    scope = "" if show_all else " (regressions and rechecked rows only; --all for every row)"
+    rechecked = any(f.rechecks for f in findings)
     t = Table(title="comparison: baseline → candidate" + scope,
               caption="time in ms (IQR/median of each side in brackets); flops 2·m·n·k; memory bytes; "
-                      "ratio = CE-LoRA/dense of the same run", caption_justify="left")
-    for col in ("rule", "case", "component", "baseline", "candidate", "Δ %", "status"):
-        t.add_column(col, justify="right" if col in ("baseline", "candidate", "Δ %") else "left")
+                      "ratio = CE-LoRA/dense of the same run"
+                      + ("; rechecks = the candidate value each time a first-pass time regression was "
+                         "measured again" if rechecked else ""), caption_justify="left")
+    cols = ("rule", "case", "component", "baseline", "candidate", "Δ %") + (("rechecks",) if rechecked else ())
+    for col in cols + ("status",):
+        t.add_column(col, justify="right" if col in ("baseline", "candidate", "Δ %", "rechecks") else "left")
     for f in findings:
-        if not (show_all or f.regression):
+        if not (show_all or f.regression or f.rechecks):
             continue
         timed = f.rule.startswith("time.")
 
-        def fmt(v, spread):
+        def fmt(v, spread=None):
             if timed:
                 return f"{v * 1e3:.3f}" + (f" ({spread * 100:.0f}%)" if spread is not None else "")
             return f"{v:.4f}" if f.rule.startswith("ratio") else f"{v:,}"
-        t.add_row(f.rule, f.case_id, f.component, fmt(f.baseline, f.base_spread),
-                  fmt(f.candidate, f.cand_spread), f"{f.delta * 100:+.1f}",
-                  "[bold red]REGRESSION[/]" if f.regression else "[green]ok[/]")
+        cells = [f.rule, f.case_id, f.component, fmt(f.baseline, f.base_spread), fmt(f.candidate, f.cand_spread),
+                 f"{f.delta * 100:+.1f}"]
+        if rechecked:
+            cells.append(", ".join(fmt(v) for v in f.rechecks) or "-")
+        status = "[bold red]REGRESSION[/]" if f.regression else "[green]ok[/]"
+        if f.rechecks and not f.regression:
+            status = "[yellow]ok (not repeated)[/]"
+        t.add_row(*cells, status)
     return t

@@ -15,6 +15,7 @@ from celora_bench import distributed, malloc, registry, results
 from celora_bench.cases import Case
 from celora_bench.measure import measure_group
 from celora_bench.suite import Context, Options, budget_for
+from celora_bench.timing import TimingBudget
 
 
 def default_out(suites: list[str]) -> str:
@@ -40,16 +41,17 @@ def run(suite_names: list[str], opts: Options, out: str, *, filt=None,
         resume: bool = False, threads: int | None = None, tune_malloc: bool = True,
         on_start: Callable[[int, int], None] | None = None,
         on_case: Callable[[Case, float], None] | None = None,
-        shard: tuple[int, int] | None = None) -> results.Run:
+        shard: tuple[int, int] | None = None, budget: TimingBudget | None = None) -> results.Run:
     """Measures every planned case not yet in the file; returns the saved Run.
 
+    budget overrides the mode's timing budget (the gate's rechecks measure longer).
     on_start(total, already_done) and on_case(case, seconds) report progress.
     """
     if tune_malloc:
         malloc.tune()
     if threads:
         torch.set_num_threads(threads)
-    budget = budget_for(opts.mode)
+    budget = budget or budget_for(opts.mode)
     if distributed.world_size_from_env() > 1:
         for name in suite_names:
             if not getattr(registry.get(name), "DISTRIBUTED", False):

@@ -87,6 +87,8 @@ def test_plot_writes_pngs(run_file, tmp_path, capsys):
     (["export", "/no/such/file.json", "--format", "csv"], "cannot read results file"),
     (["export", "x.json", "--format", "xlsx"], "invalid choice: 'xlsx'"),
     (["bogus"], "invalid choice: 'bogus'"),
+    (["gate", "--recheck", "-1"], "--recheck '-1' is invalid; allowed: an integer >= 0"),
+    (["gate", "--recheck", "two"], "--recheck 'two' is invalid"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     assert cli.main(argv) == 2
