@@ -70,8 +70,8 @@ def main(argv=None) -> int:
             whole[k] = t.whole["fwd+bwd"]
             if k != "peft":
                 parts[k] = t.parts
-        comp = interleaved({k: p["bwd.grad_x_frozen"] for k, p in parts.items()}, args.rounds, budget,
-                           args.threads)
+        comp = interleaved({**{k: p["bwd.grad_x_frozen"] for k, p in parts.items()},
+                            "fwd.frozen": parts["dense"]["fwd.frozen"]}, args.rounds, budget, args.threads)
         sel = interleaved({k: parts[k]["selection"] for k in ("c50", "l50")}, 1, budget, args.threads)
         lay = interleaved(whole, args.rounds, budget, args.threads)
         share = comp["dense"] / lay["dense"]
@@ -82,6 +82,11 @@ def main(argv=None) -> int:
         check("G_y·W0 speed-up p=0.5 cached / ideal 2", comp["dense"] / comp["c50"] / 2, 0.95)
         check("G_y·W0 speed-up p=0.25 cached / ideal 4", comp["dense"] / comp["c25"] / 4, 0.90)
         check(f"layer speed-up p=0.5 cached / Amdahl bound {amdahl:.3f}", lay["dense"] / lay["c50"] / amdahl, 1.0)
+        # What no LoRA layer can beat: the two frozen products alone (x W0ᵀ and G_y·W0, or its p-part).
+        gemms = comp["fwd.frozen"] + comp["dense"]
+        print(f"  ceiling: peft / (x W0ᵀ + G_y·W0 alone) = {lay['peft'] / gemms:.3f}; "
+              f"peft / (x W0ᵀ + p=0.5 G_y·W0 alone) = {lay['peft'] / (comp['fwd.frozen'] + comp['c50']):.3f}"
+              f"  (a layer that were nothing but its frozen products)")
         check("layer: peft / ours dense (p=1)", lay["peft"] / lay["dense"], 1.10)
         check("layer: peft / ours CE-LoRA p=0.5 cached", lay["peft"] / lay["c50"], 1.40)
         check("layer: peft / ours CE-LoRA p=0.5 lean (default)", lay["peft"] / lay["l50"], 1.40)
