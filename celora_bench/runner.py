@@ -149,7 +149,8 @@ def run_group(run_: results.Run, suite, cases: list[Case], ctx: Context) -> None
             _record_error(run_, case, e)
     run_.save()
     del items
-    gc.collect()                     # free this group's models before the next is built
+    gc.collect()                     # free this group's models before the next is built,
+    malloc.trim()                    # and hand their pages back: the next starts from a clean heap
 
 
 def warm_up(device: str, seconds: float = 1.5) -> None:
