@@ -55,6 +55,9 @@ class CLIError(Exception):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
+        head, sep, rest = message.partition(": ")
+        if head.startswith("argument ") and rest.startswith(head.split()[-1].split("/")[-1] + " "):
+            message = rest                      # "argument --x: --x 0 is invalid" -> "--x 0 is invalid"
         raise CLIError(message)
 
 
