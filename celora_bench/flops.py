@@ -2,8 +2,9 @@
 
 The profiler records every aten op with its input shapes and its enclosing
 scopes; one small formula per matmul op (as fvcore's jit_handles) turns shapes
-into FLOPs. torch's own FlopCounterMode misses in-place ``addmm_`` and CPU
-SDPA attention, so it is given those formulas too and used as the independent total.
+into FLOPs. torch's own FlopCounterMode gives the total to check it against: its own
+formulas for mm, addmm and bmm (independent of ours); for in-place ``addmm_`` and CPU
+SDPA attention, which it does not know, it is handed the same formulas as the profiler.
 """
 from __future__ import annotations
 
@@ -21,30 +22,32 @@ from torch.utils.flop_counter import FlopCounterMode
 CONVENTION = "FLOPs: 2·m·n·k per matmul (FlopCounterMode convention)"
 
 
-def _mm(s):              # (m, k) @ (k, n)
-    return 2 * s[0][0] * s[0][1] * s[1][-1]
+# One formula per op over its input shapes, in the op's argument order. The profiler
+# path calls formula(*event.input_shapes); FlopCounterMode calls it with the same
+# shapes (plus out_shape), for the ops it does not know itself.
+
+def _mm(a, b, *_, **__):             # (m, k) @ (k, n)
+    return 2 * a[0] * a[1] * b[-1]
 
 
-def _addmm(s):           # c + (m, k) @ (k, n)
-    return _mm(s[1:3])
+def _addmm(c, a, b, *_, **__):       # c + (m, k) @ (k, n)
+    return _mm(a, b)
 
 
-def _bmm(s):             # (B, m, k) @ (B, k, n)
-    return 2 * s[0][0] * s[0][1] * s[0][2] * s[1][-1]
+def _bmm(a, b, *_, **__):            # (B, m, k) @ (B, k, n)
+    return 2 * a[0] * a[1] * a[2] * b[-1]
 
 
-def _baddbmm(s):
-    return _bmm(s[1:3])
+def _baddbmm(c, a, b, *_, **__):
+    return _bmm(a, b)
 
 
-def _sdpa_cpu(s):       # q (B, H, S, D), k (B, Hk, Sk, D): QKᵀ and PV, causal mask not discounted
-    b, h, sq, d = s[0]
-    return 4 * b * h * sq * s[1][2] * d
+def _sdpa_cpu(q, k, *_, **__):       # q (B, H, S, D), k (B, Hk, Sk, D): QKᵀ and PV, causal mask not discounted
+    return 4 * q[0] * q[1] * q[2] * k[2] * q[3]
 
 
-def _sdpa_cpu_backward(s):   # grad_out, q, k, ...: dV, dP, dQ, dK
-    b, h, sq, d = s[1]
-    return 8 * b * h * sq * s[2][2] * d
+def _sdpa_cpu_backward(grad_out, q, k, *_, **__):   # dV, dP, dQ, dK
+    return 8 * q[0] * q[1] * q[2] * k[2] * q[3]
 
 
 # profiler op name -> formula over the op's input shapes
@@ -124,7 +127,7 @@ def profile_scopes(fn: Callable[[], object], scopes: Iterable[str], device: str 
         scope = _scope_of(e, scopes)
         formula = FLOP_OPS.get(e.name)
         if formula is not None and not _inside_counted(e):
-            flops[scope] = flops.get(scope, 0) + int(formula(e.input_shapes))
+            flops[scope] = flops.get(scope, 0) + int(formula(*e.input_shapes))
         alloc = e.self_device_memory_usage if cuda else e.self_cpu_memory_usage
         if alloc and alloc > 0:
             mem[scope] = mem.get(scope, 0) + int(alloc)
@@ -134,24 +137,12 @@ def profile_scopes(fn: Callable[[], object], scopes: Iterable[str], device: str 
     return ScopeProfile(flops, mem, secs, wall)
 
 
-def _addmm_inplace_flop(c_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
-    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
-
-
-def _sdpa_cpu_flop(q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return 4 * q[0] * q[1] * q[2] * k[2] * q[3]
-
-
-def _sdpa_cpu_backward_flop(grad_out, q, k, *args, out_shape=None, **kwargs) -> int:
-    return 8 * q[0] * q[1] * q[2] * k[2] * q[3]
-
-
 def torch_total(fn: Callable[[], object]) -> int:
     """Total FLOPs by torch.utils.flop_counter.FlopCounterMode, taught in-place addmm_ and CPU SDPA."""
     aten = torch.ops.aten
-    mapping = {aten.addmm_: _addmm_inplace_flop}
-    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu_flop),
-                          ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_cpu_backward_flop)):
+    mapping = {aten.addmm_: _addmm}
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu),
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_cpu_backward)):
         if hasattr(aten, name):
             mapping[getattr(aten, name)] = formula
     counter = FlopCounterMode(display=False, custom_mapping=mapping)
