@@ -106,7 +106,7 @@ class ScopeProfile:
     flops: dict[str, int]
     bytes: dict[str, int]
     seconds: dict[str, float]
-    wall_s: float
+    wall_s: float | None
 
 
 def profile_scopes(fn: Callable[[], object], scopes: Iterable[str], device: str = "cpu") -> ScopeProfile:

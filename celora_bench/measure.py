@@ -56,14 +56,11 @@ class Target:
 def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, threads: int) -> list[Row]:
     """Rows for every case of the group; each component is timed across the group A B A B."""
     device = items[0][0].device
-    counted, allocated, seconds, walls, totals = [], [], [], [], []
-    for case, target in items:
-        if target.count is None:
-            counted.append({}), allocated.append({}), seconds.append({}), walls.append(None), totals.append(None)
-            continue
-        prof = F.profile_scopes(target.count, target.scopes, case.device)
-        counted.append(prof.flops), allocated.append(prof.bytes), seconds.append(prof.seconds)
-        walls.append(prof.wall_s), totals.append(F.torch_total(target.count))
+    none = F.ScopeProfile({}, {}, {}, None)
+    profs = [F.profile_scopes(t.count, t.scopes, c.device) if t.count else none for c, t in items]
+    totals = [F.torch_total(t.count) if t.count else None for _, t in items]
+    counted, allocated, seconds = ([p.flops for p in profs], [p.bytes for p in profs],
+                                   [p.seconds for p in profs])
 
     times: list[dict] = [{} for _ in items]
     peaks: list[dict] = [{} for _ in items]
@@ -107,7 +104,7 @@ def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, thread
         if has_count:
             rows.append(Row(case, "step.alloc", mem_bytes=sum(allocated[i].values()), mem_what=STEP_WHAT,
                             extra={"flops_by_scope": counted[i], "bytes_by_scope": allocated[i],
-                                   "seconds_by_scope": seconds[i], "profiled_wall_s": walls[i]}))
+                                   "seconds_by_scope": seconds[i], "profiled_wall_s": profs[i].wall_s}))
         if target.state_bytes is not None:
             rows.append(Row(case, "state", mem_bytes=target.state_bytes, mem_what=target.state_what))
     return rows

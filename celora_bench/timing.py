@@ -66,8 +66,8 @@ class TimingBudget:
                              f"allowed: 0 < min_s <= max_s")
 
 
-def _settled(samples: list[list[float]]) -> bool:
-    return all(len(s) >= MIN_SAMPLES and not TimeStats(tuple(s)).spread for s in samples)
+def _settled(samples: list[float]) -> bool:
+    return len(samples) >= MIN_SAMPLES and not TimeStats(tuple(samples)).spread
 
 
 def time_cpu_interleaved(fns: Sequence[Callable[[], object]], budget: TimingBudget,
@@ -78,9 +78,9 @@ def time_cpu_interleaved(fns: Sequence[Callable[[], object]], budget: TimingBudg
     (tripling the cost of a 200 ms op), so blocks are timed by the stdlib
     timeit.Timer that it wraps, under its thread setting; one warm-up per callable.
     """
-    samples: list[list[float]] = [[] for _ in fns]
     if budget.fixed:
         return _fixed_rounds(fns, budget.fixed, threads)
+    samples: list[list[float]] = [[] for _ in fns]
     with benchmark.utils.common.set_torch_threads(threads):
         timers, numbers = [], []
         for fn in fns:
@@ -101,7 +101,7 @@ def time_cpu_interleaved(fns: Sequence[Callable[[], object]], budget: TimingBudg
                 samples[i].append(block / numbers[i])
                 spent[i] += block
                 if len(samples[i]) >= MIN_SAMPLES and (
-                        spent[i] >= budget.max_s or (spent[i] >= budget.min_s and _settled([samples[i]]))):
+                        spent[i] >= budget.max_s or (spent[i] >= budget.min_s and _settled(samples[i]))):
                     active.discard(i)
     return [TimeStats(tuple(s)) for s in samples]
 
