@@ -423,11 +423,9 @@ def _rechecker(base, cand, rules, times: int, threads):
     suites = cand.run.get("suites") or ["backward-breakdown"]
     opts = Options(**cand.run.get("options", {}))
 
-    def remeasure(ids, i):
-        path = f"{stem}-recheck{i}.json"
-        if os.path.exists(path):
-            os.remove(path)
-        return runner.run(suites, opts, path, filt=ids, threads=threads, budget=gate.RECHECK_BUDGET)
+    def remeasure(ids, i):              # a new run each time (no resume): an older file is replaced
+        return runner.run(suites, opts, f"{stem}-recheck{i}.json", filt=ids, threads=threads,
+                          budget=gate.RECHECK_BUDGET)
 
     def recheck(findings, console):
         n = sum(f.regression and gate.is_timed(f) for f in findings)

@@ -102,6 +102,11 @@ def group_of(c: Case) -> tuple:
     return (c.suite, c.model, c.layer, c.m, c.n, c.tokens, c.rank, c.dtype, c.device, c.params)
 
 
+def block_id(c: Case) -> str:
+    """The id of the case's configuration over every layer: its layer replaced by "*"."""
+    return c.id.replace(f"/{c.layer}/", "/*/")
+
+
 RATIO_MIN_S = 0.010     # per-layer ratios are gated only where dense takes >= 10 ms (smaller ones are noise)
 
 
@@ -124,7 +129,7 @@ def ratios(rows: list[Row]) -> dict[tuple[str, str], tuple[float, Row]]:
                 continue
             if d >= RATIO_MIN_S:
                 out[_key(r)] = (r.time.median / d, r)
-            bkey = (r.case.id.replace(f"/{r.case.layer}/", "/*/"), r.component)
+            bkey = (block_id(r.case), r.component)
             acc = block.setdefault(bkey, [0.0, 0.0, r])
             acc[0] += r.time.median
             acc[1] += d
@@ -139,9 +144,10 @@ def compare(base: Run, cand: Run, rules: list[Rule]) -> tuple[list[Finding], dic
     c = {_key(r): r for r in cand.rows}
     common = sorted(set(b) & set(c))
     findings: list[Finding] = []
+    if any(rule.metric == "ratio" for rule in rules):
+        rb, rc = ratios(base.rows), ratios(cand.rows)
     for rule in rules:
         if rule.metric == "ratio":
-            rb, rc = ratios(base.rows), ratios(cand.rows)
             for k in sorted(set(rb) & set(rc)):
                 if not rule.selects(rc[k][1]):
                     continue

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-from celora_bench.compare import Finding, Rule, compare, group_of
+from celora_bench.compare import Finding, Rule, block_id, compare, group_of
 from celora_bench.results import Run
 from celora_bench.timing import TimingBudget
 
@@ -34,8 +34,7 @@ def recheck_ids(findings: list[Finding], run: Run) -> list[str]:
     flagged = {f.case_id for f in findings if f.regression and is_timed(f)}
     groups = set()
     for r in run.rows:
-        block_id = r.case.id.replace(f"/{r.case.layer}/", "/*/")
-        if r.case.id in flagged or block_id in flagged:
+        if r.case.id in flagged or block_id(r.case) in flagged:
             groups.add(group_of(r.case))
     return sorted({r.case.id for r in run.rows if group_of(r.case) in groups})
 
