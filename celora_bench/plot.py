@@ -17,9 +17,9 @@ import numpy as np  # noqa: E402
 
 from celora_bench.report import by_case, case_label  # noqa: E402
 from celora_bench.results import Run  # noqa: E402
+from suites.models import PROJECTIONS as LAYER_ORDER  # noqa: E402  (plot order: as in a block)
 
 BWD = ("bwd.grad_x_frozen", "bwd.grad_h", "bwd.grad_B", "bwd.grad_A", "bwd.grad_x_lora", "selection.amortized")
-LAYER_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def save(fig, out_dir: str, name: str) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from core.convert import PROJECTIONS  # noqa: F401  (the seven LoRA targets, one list for all)
 
 
 @dataclass(frozen=True)
