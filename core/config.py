@@ -8,6 +8,11 @@ SCORES = ("product", "residual_norm", "random")
 TAU_UNITS = ("optimizer_steps", "forward_calls")
 
 
+def balanced_rank(r: int) -> int:
+    """The reference code's balanced SVD rank for LoRA rank r: floor(7r/8)."""
+    return (7 * r) // 8
+
+
 @dataclass(frozen=True)
 class CELoRAConfig:
     """Configuration of one CE-LoRA linear layer.
@@ -76,7 +81,7 @@ class CELoRAConfig:
     def resolved_svd_rank(self, m: int, n: int) -> int:
         """r0 for an m x n weight: the balanced rank when unset, clipped to min(m, n)."""
         if self.svd_rank is None:
-            r0 = 0 if self.is_dense else (7 * self.r) // 8
+            r0 = 0 if self.is_dense else balanced_rank(self.r)
         else:
             r0 = self.svd_rank
         return min(r0, m, n)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from core.config import CELoRAConfig
+from core.config import CELoRAConfig, balanced_rank
 from core.layer import CELoRALinear
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -64,7 +64,7 @@ def preset(name: str, r: int = 16, alpha: float = 32.0, dropout: float = 0.0, ke
 
 def _sampled(base: CELoRAConfig, p: float) -> CELoRAConfig:
     if base.svd_rank is None:
-        r = max(1, (7 * base.r) // 8)                  # balanced: LoRA rank = r0 = floor(7r/8)
+        r = max(1, balanced_rank(base.r))              # balanced: LoRA rank = r0 = floor(7r/8)
         return replace(base, r=r, keep_ratio=p, svd_rank=r)
     return replace(base, r=max(1, base.r - base.svd_rank // 7), keep_ratio=p)
 

@@ -19,6 +19,7 @@ from celora_bench.cases import Case, Row
 from celora_bench.suite import Check, Context, Options
 from core import components as C
 from core import selection
+from core.config import balanced_rank
 from suites import text_task
 
 NAME = "approx-error"
@@ -33,10 +34,6 @@ def _sizes(mode: str):
     return dict(ps=(0.25, 0.5, 0.55, 0.65, 0.75), warm=50, stale=(0, 1, 10, 50, 100, 200))
 
 
-def _balanced(r: int = RANK) -> int:
-    return (7 * r) // 8
-
-
 def cases(opts: Options) -> list[Case]:
     sz = _sizes(opts.mode)
     model = "local" if opts.model_path else "tiny-byte"
@@ -49,11 +46,11 @@ def cases(opts: Options) -> list[Case]:
                     params=tuple(sorted((("kind", kind), ("warm", sz["warm"]), ("stale", stale)) + extra)))
     out = []
     for p in sz["ps"]:
-        for r0 in (0, _balanced(), 2 * _balanced()):
+        for r0 in (0, balanced_rank(RANK), 2 * balanced_rank(RANK)):
             out.append(case(p, r0, "product", "gx"))
         for score in ("residual_norm", "random"):
-            out.append(case(p, _balanced(), score, "gx"))
-        out.append(case(p, _balanced(), "product", "propagation"))
+            out.append(case(p, balanced_rank(RANK), score, "gx"))
+        out.append(case(p, balanced_rank(RANK), "product", "propagation"))
     return out
 
 
@@ -201,7 +198,7 @@ def verdict(rows: list[Row]) -> list[Check]:
     gx = [r for r in rows if r.case.param("kind") == "gx"]
     prop = [r for r in rows if r.case.param("kind") == "propagation"]
     checks = []
-    bal = _balanced()
+    bal = balanced_rank(RANK)
     for p in sorted({r.case.keep_ratio for r in gx}):
         e0 = _mean_err(gx, keep_ratio=p, svd_rank=0, score="product", staleness=0)
         eb = _mean_err(gx, keep_ratio=p, svd_rank=bal, score="product", staleness=0)
@@ -290,7 +287,7 @@ def plot(rows: list[Row], out_dir: str) -> list[str]:
     axes[0].legend(fontsize=8)
     axes[0].grid(alpha=0.3)
     stale = defaultdict(lambda: defaultdict(list))
-    bal = _balanced()
+    bal = balanced_rank(RANK)
     for r in rows:
         if r.case.param("kind") == "gx" and r.case.svd_rank == bal and r.case.score == "product":
             stale[r.case.keep_ratio][r.extra["staleness"]].append(r.extra["rel_error"])

@@ -10,6 +10,7 @@ from collections import defaultdict
 
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Check, Options
+from core.config import balanced_rank
 from suites import layer_bench, models
 
 NAME = "backward-breakdown"
@@ -19,10 +20,6 @@ SHARE_RANGE = (0.40, 0.55)      # the paper's "~50%"
 TIME_SLACK = 1.15               # CE-LoRA's G_y·W0 time ratio must be <= 1.15·p (+ selection)
 AMDAHL_FRACTION = 0.95          # layer speed-up >= 95% of the Amdahl bound (the brief's reachable target)
 FULL_PS = (0.25, 0.5, 0.55, 0.65, 0.75)
-
-
-def _balanced(r: int) -> int:
-    return (7 * r) // 8
 
 
 def _providers(rank: int, ps, svd_ranks, cached_at=()) -> list[dict]:
@@ -40,12 +37,12 @@ def cases(opts: Options) -> list[Case]:
     grid = []   # (tokens, rank, providers)
     if opts.mode == "quick":
         grid.append((1024, 16, _providers(16, (0.25, 0.5), (0,), cached_at=(0.5,))
-                     + [dict(provider="celora", keep_ratio=0.5, svd_rank=_balanced(16))]))
+                     + [dict(provider="celora", keep_ratio=0.5, svd_rank=balanced_rank(16))]))
     else:
-        grid.append((2048, 16, _providers(16, FULL_PS, (0, _balanced(16)), cached_at=(0.25, 0.5))))
+        grid.append((2048, 16, _providers(16, FULL_PS, (0, balanced_rank(16)), cached_at=(0.25, 0.5))))
         for r in (8, 64):
-            grid.append((2048, r, _providers(r, (0.5,), (0, _balanced(r)), cached_at=(0.5,))))
-        grid.append((512, 16, _providers(16, (0.25, 0.5), (0, _balanced(16)), cached_at=(0.5,))))
+            grid.append((2048, r, _providers(r, (0.5,), (0, balanced_rank(r)), cached_at=(0.5,))))
+        grid.append((512, 16, _providers(16, (0.25, 0.5), (0, balanced_rank(16)), cached_at=(0.5,))))
     out = []
     for tokens, rank, providers in grid:
         for layer, (m, n) in model.layer_shapes().items():
