@@ -21,11 +21,10 @@ from core import components as C
 from core import selection
 from core.config import balanced_rank
 from suites import text_task
+from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ
 
 NAME = "approx-error"
 DESCRIPTION = "Relative error / cosine of CE-LoRA's G_x and G_A, G_B vs exact, on real gradients from real text"
-RANK, ALPHA, LR = 16, 32.0, 1e-3
-BATCH, SEQ = 8, 128
 
 
 def _sizes(mode: str):

@@ -20,12 +20,12 @@ from celora_bench import distributed
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Check, Context, Options
 from suites import text_task
+from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ
 
 NAME = "convergence"
 DISTRIBUTED = True             # runs under torchrun with DDP: each rank its own data, losses averaged
 DESCRIPTION = "Train/eval loss curves of LoRA vs CE-LoRA and ablations on real text, several seeds"
-RANK, ALPHA, LR, P_ALL = 16, 32.0, 1e-3, 0.5
-BATCH, SEQ = 8, 128
+P_ALL = 0.5
 ARMS = ("lora", "paper", "all", "no-sample-k", "no-sample-v", "svd0", "tau1", "tau50", "residual_norm")
 
 

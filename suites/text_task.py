@@ -22,6 +22,9 @@ from suites import models
 PRETRAIN_STEPS = 300
 PRETRAIN_BATCH, PRETRAIN_SEQ, PRETRAIN_LR = 16, 128, 2e-3
 EVAL_FRACTION = 0.1
+# the LoRA fine-tune both accuracy suites run (approx-error captures it, convergence trains it)
+RANK, ALPHA, LR = 16, 32.0, 1e-3
+BATCH, SEQ = 8, 128
 
 
 def cache_dir() -> str:
