@@ -9,25 +9,21 @@ from celora_bench import memory, timing
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def _pair(dtype, **kw):
-    torch.manual_seed(0)
-    lin = nn.Linear(256, 512)
-    cpu = core.CELoRALinear.from_linear(lin, core.CELoRAConfig(r=8, keep_ratio=0.5, **kw))
-    gpu = core.CELoRALinear.from_linear(nn.Linear(256, 512), core.CELoRAConfig(r=8, keep_ratio=0.5, **kw))
-    with torch.no_grad():
-        cpu.lora_B.normal_()
-        for name in ("weight", "bias", "lora_A", "lora_B"):
-            getattr(gpu, name).copy_(getattr(cpu, name))
-    return cpu.double(), gpu.cuda().to(dtype)
-
-
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-3), (torch.bfloat16, 5e-2)])
 @pytest.mark.parametrize("cache_rows", [False, True])
 def test_cuda_layer_matches_cpu_float64(dtype, tol, cache_rows):
-    cpu, gpu = _pair(dtype, cache_rows=cache_rows, svd_rank=4)
-    cpu = core.CELoRALinear.from_linear(nn.Linear(256, 512).double(), cpu.config)  # SVD in float64 on CPU
+    torch.manual_seed(0)
+    config = core.CELoRAConfig(r=8, keep_ratio=0.5, svd_rank=4, cache_rows=cache_rows)
+    lin_gpu = nn.Linear(256, 512).cuda().to(dtype)
+    lin_cpu = nn.Linear(256, 512).double()
+    with torch.no_grad():                     # the same (rounded) W0 before either layer takes its SVD
+        lin_cpu.weight.copy_(lin_gpu.weight.double().cpu())
+        lin_cpu.bias.copy_(lin_gpu.bias.double().cpu())
+    gpu = core.CELoRALinear.from_linear(lin_gpu, config)
+    cpu = core.CELoRALinear.from_linear(lin_cpu, config)           # SVD in float64 on the CPU
     with torch.no_grad():
-        for name in ("weight", "bias", "lora_A", "lora_B"):
+        gpu.lora_B.normal_()
+        for name in ("lora_A", "lora_B"):
             getattr(cpu, name).copy_(getattr(gpu, name).double().cpu())
     x = torch.randn(4, 32, 256, dtype=torch.float64)
     gy = torch.randn(4, 32, 512, dtype=torch.float64) * torch.exp(2 * torch.randn(512, dtype=torch.float64))
@@ -36,7 +32,9 @@ def test_cuda_layer_matches_cpu_float64(dtype, tol, cache_rows):
     assert gpu.B0.is_cuda and gpu.idx.is_cuda                      # SVD and selection ran on the device
     xc = x.clone().requires_grad_(True)
     cpu(xc).backward(gy)
-    assert torch.equal(gpu.idx.cpu(), cpu.idx) or dtype == torch.bfloat16
+    # the same top-k in fp32; bf16 rounding may swap a few features at the cut
+    overlap = len(set(gpu.idx.tolist()) & set(cpu.idx.tolist())) / cpu.idx.numel()
+    assert overlap == 1.0 if dtype == torch.float32 else overlap >= 0.95
     rel = (xg.grad.double().cpu() - xc.grad).norm() / xc.grad.norm()
     assert rel < tol
     rel_b = (gpu.lora_B.grad.double().cpu() - cpu.lora_B.grad).norm() / cpu.lora_B.grad.norm()
