@@ -38,11 +38,17 @@ class TimeStats:
         return min(self.samples)
 
     @property
-    def iqr(self) -> float:
+    def quartiles(self) -> tuple[float, float]:
+        """(Q1, Q3), inclusive method; both the median for a single sample."""
         if self.count < 2:
-            return 0.0
+            return self.median, self.median
         q = statistics.quantiles(self.samples, n=4, method="inclusive")
-        return q[2] - q[0]
+        return q[0], q[2]
+
+    @property
+    def iqr(self) -> float:
+        q1, q3 = self.quartiles
+        return q3 - q1
 
     @property
     def spread(self) -> bool:

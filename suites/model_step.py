@@ -7,7 +7,6 @@ FLOPs per component summed over every converted layer plus the rest
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 
 import torch
@@ -173,11 +172,6 @@ def _by(rows: list[Row]) -> dict[tuple[Case, str], Row]:
     return {(r.case, r.component): r for r in rows}
 
 
-def _quartiles(row: Row) -> tuple[float, float]:
-    q = statistics.quantiles(row.samples, n=4, method="inclusive") if row.time.count > 1 else [row.time.median] * 3
-    return q[0], q[2]
-
-
 def verdict(rows: list[Row]) -> list[Check]:
     by = _by(rows)
     checks: list[Check] = []
@@ -214,7 +208,7 @@ def verdict(rows: list[Row]) -> list[Check]:
             if peft_ and (peft_, "step") in by:
                 p_step = by[(peft_, "step")]
                 sp = p_step.time.median / c_step.time.median
-                faster = sp > 1 and _quartiles(c_step)[1] < _quartiles(p_step)[0]
+                faster = sp > 1 and c_step.time.quartiles[1] < p_step.time.quartiles[0]
                 checks.append(Check("3. step speed-up vs peft LoRA", f"{scope} {prov}", "measured", sp,
                                     "> 1, IQRs apart" if prov == "celora-all" else "reported",
                                     ("PASS" if faster else "FAIL") if prov == "celora-all" else "INFO"))
