@@ -16,7 +16,7 @@ import torch
 
 from celora_bench import malloc
 from celora_bench.cases import Case
-from celora_bench.timing import TimingBudget, time_fn
+from celora_bench.timing import TimingBudget, time_interleaved
 from suites import layer_bench
 
 SHAPES = {"q_proj": (2048, 2048), "gate_proj": (8192, 2048), "down_proj": (2048, 8192)}
@@ -29,11 +29,11 @@ def case(layer, provider, p=1.0, cache_rows=False, tokens=2048):
 
 
 def interleaved(fns: dict, rounds: int, budget: TimingBudget, threads: int) -> dict[str, float]:
-    """Median over rounds of each callable's median; the callables alternate every round."""
+    """Median over rounds of each callable's median, timed block by block A B A B by the engine."""
     got = {k: [] for k in fns}
     for _ in range(rounds):
-        for k, fn in fns.items():
-            got[k].append(time_fn(fn, "cpu", budget, threads).median)
+        for k, stats in zip(fns, time_interleaved(list(fns.values()), "cpu", budget, threads)):
+            got[k].append(stats.median)
     return {k: statistics.median(v) for k, v in got.items()}
 
 
