@@ -38,6 +38,9 @@ class CELoRAConfig:
         sync_scores: under torch.distributed data parallelism, all-reduce the
             column norms of G_y (m floats) before top-k, so every rank keeps
             the same index set. Off: each rank selects from its own batch.
+        k_multiple: a, the multiple k is rounded up to: k = min(m, ceil(ceil(p·m) / a)·a).
+            None (default) resolves a from the device and dtype the layer's weight
+            is on when its index is selected (``k_multiple_for``); an int >= 1 fixes it.
 
     Raises:
         ValueError: a field is outside its allowed range; the message names it.
@@ -54,6 +57,7 @@ class CELoRAConfig:
     cache_rows: bool = False
     seed: int = 0
     sync_scores: bool = False
+    k_multiple: int | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.r, int) and self.r >= 1, "r", self.r, "an integer >= 1")
@@ -68,6 +72,9 @@ class CELoRAConfig:
         _check(isinstance(self.cache_rows, bool), "cache_rows", self.cache_rows, "True or False")
         _check(isinstance(self.seed, int), "seed", self.seed, "an integer")
         _check(isinstance(self.sync_scores, bool), "sync_scores", self.sync_scores, "True or False")
+        _check(self.k_multiple is None or (isinstance(self.k_multiple, int) and not isinstance(self.k_multiple, bool)
+                                           and self.k_multiple >= 1),
+               "k_multiple", self.k_multiple, "None (auto) or an integer >= 1")
 
     @property
     def scale(self) -> float:
@@ -86,9 +93,49 @@ class CELoRAConfig:
             r0 = self.svd_rank
         return min(r0, m, n)
 
-    def kept(self, m: int) -> int:
-        """k = ceil(p * m), the number of kept output features."""
-        return min(m, max(1, math.ceil(self.keep_ratio * m - 1e-9)))
+    def min_kept(self, m: int) -> int:
+        """The smallest k over every device: ceil(p·m) under the auto multiple, else kept(m)."""
+        if self.k_multiple is None:
+            return min(m, max(1, math.ceil(self.keep_ratio * m - 1e-9)))
+        return self.kept(m)
+
+    def kept(self, m: int, device="cpu", dtype=None) -> int:
+        """k, the number of kept output features of an m-row weight on (device, dtype).
+
+        k = min(m, ceil(ceil(p·m) / a)·a) with a = k_multiple, or the auto multiple
+        of (device, dtype) when k_multiple is None. k >= ceil(p·m) always; k == m
+        means a dense activation gradient.
+        """
+        k = min(m, max(1, math.ceil(self.keep_ratio * m - 1e-9)))
+        a = self.k_multiple if self.k_multiple is not None else k_multiple_for(device, dtype)
+        return min(m, -(-k // a) * a)
+
+
+# The auto multiple of k per (device type, dtype class).
+# CUDA 16-bit: 64. On an H200 (bf16, shared/gpu/2026-11-30.md) the kept-column GEMM at the paper's odd k
+#   (9319, 2663, 564) ran 4.0-4.3x slower than the whole dense product; k rounded up to a multiple of 64
+#   ran at 0.64-0.66 of dense. 64 elements = 128 bytes, cuBLAS's tensor-core tile depth.
+# CUDA fp32 (and fp64): 16. 16 fp32 = 64 bytes keeps every row of the (N, k) gathered block 16-byte aligned,
+#   which cuBLAS's vectorized and TF32 tensor-core kernels need, and is a multiple of TF32's k-step of 8;
+#   it costs at most 15 extra columns. Not measured on a GPU yet (scripts/bench_gpu.py times 8/16/64/128).
+# CPU: 1. Measured on the 2-core Xeon (MKL, fp32, 2 threads, N=1024, gather + (N, k) @ (k, n) at the
+#   Llama-3.2-1B shapes, p = 0.55 and 0.65, a in 1/8/16/64, best of 7 interleaved rounds, while other jobs
+#   shared the machine): time at a / time at a=1 spanned 0.61-1.21 with no consistent sign across shapes
+#   or multiples (q/o p=0.55: 1.00, 0.61, 1.02; q/o p=0.65: 1.04, 1.17, 1.10; k/v p=0.55: 1.10, 1.08, 1.02;
+#   gate/up p=0.55: 1.02, 1.00, 1.07; down p=0.65: 1.21, 1.09, 0.91), i.e. within this machine's noise;
+#   no alignment cliff like cuBLAS's 4x. Rounding up only adds up to a-1 columns of work, so none.
+CUDA_HALF_MULTIPLE = 64
+CUDA_FLOAT_MULTIPLE = 16
+CPU_MULTIPLE = 1
+
+
+def k_multiple_for(device="cpu", dtype=None) -> int:
+    """The auto k multiple for a weight on device (torch.device or str) with dtype (None: fp32)."""
+    kind = device.type if hasattr(device, "type") else str(device).split(":")[0]
+    if kind != "cuda":
+        return CPU_MULTIPLE
+    half = dtype is not None and getattr(dtype, "itemsize", 4) == 2
+    return CUDA_HALF_MULTIPLE if half else CUDA_FLOAT_MULTIPLE
 
 
 def _is_real(v) -> bool:

@@ -20,7 +20,8 @@ PRESETS = ("paper", "all", "dense")
 
 @dataclass(frozen=True)
 class Converted:
-    """One converted module: name, (out, in) shape, keep ratio, LoRA rank, SVD rank, cache mode."""
+    """One converted module: name, (out, in) shape, keep ratio, LoRA rank, SVD rank, cache mode, and
+    k, the kept features on the device and dtype the module had when converted (effective p = k / m)."""
 
     module: str
     shape: tuple[int, int]
@@ -28,15 +29,22 @@ class Converted:
     r: int
     r0: int
     cache_rows: bool
+    k: int | None = None
+
+    @property
+    def effective_keep_ratio(self) -> float:
+        """k / m, the keep ratio the layer runs at (k rounded up to the device's multiple)."""
+        return self.keep_ratio if self.k is None else self.k / self.shape[0]
 
 
 class Conversion(list):
     """The summary convert() returns: a list of Converted with a plain-text table."""
 
     def __str__(self) -> str:
-        lines = [f"{'module':60s} {'shape':>12s} {'p':>5s} {'r':>3s} {'r0':>3s}"]
+        lines = [f"{'module':60s} {'shape':>12s} {'p':>5s} {'k':>6s} {'p_eff':>6s} {'r':>3s} {'r0':>3s}"]
         for c in self:
             lines.append(f"{c.module:60s} {f'{c.shape[0]}x{c.shape[1]}':>12s} {c.keep_ratio:5.2f} "
+                         f"{c.k if c.k is not None else c.shape[0]:6d} {c.effective_keep_ratio:6.4f} "
                          f"{c.r:3d} {c.r0:3d}")
         return "\n".join(lines)
 
@@ -120,7 +128,7 @@ def convert(model: nn.Module, plan="paper", **preset_kw) -> Conversion:
             new = CELoRALinear.from_linear(module, cfg)
         _set(model, name, new)
         summary.append(Converted(name, (new.out_features, new.in_features), cfg.keep_ratio, cfg.r, new.r0,
-                                 cfg.cache_rows))
+                                 cfg.cache_rows, new.k))
     if not summary:
         raise ValueError("convert: no module matched the plan; patterns: " + ", ".join(plan))
     for p in model.parameters():

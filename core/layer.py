@@ -16,12 +16,15 @@ class CELoRALinear(nn.Module):
     """y = x W0ᵀ + b + (alpha / r) · (dropout(x) Aᵀ) Bᵀ, W0 and b frozen.
 
     The backward is exact for A, B and the LoRA part of G_x. The frozen part
-    G_y W0 is dense when k = ceil(p·m) equals m, and otherwise
+    G_y W0 is dense when k (ceil(p·m) rounded up to the k multiple of the weight's
+    device and dtype, ``CELoRAConfig.kept``) equals m, and otherwise
 
-        G_y W0 ≈ (G_y B0) A0 + G_y[:, I] R[I, :],    R = W0 − B0 A0,
+        G_y W0 ≈ (G_y B0) A0 + G_y[:, I] R[I, :],    R = W0 − B0 A0
+               = G_y[:, I] W0[I, :] + G_y[:, Ī] B0[Ī, :] A0,
 
     with I the top-k output features by the configured score, refreshed every
-    ``tau`` steps (``core.step``) and on the first backward.
+    ``tau`` steps (``core.step``), on the first backward, and when k changes
+    (the layer was moved to another device or dtype).
 
     Args:
         weight: frozen W0, (m, n); shared, not copied.
@@ -38,8 +41,9 @@ class CELoRALinear(nn.Module):
         self.config = config
         self.in_features, self.out_features = n, m
         self.scale = config.scale
-        self.k = config.kept(m)
-        self.r0 = 0 if self.dense else config.resolved_svd_rank(m, n)
+        self._k: int | None = None                      # resolved on first use, per device and dtype
+        sparse = config.min_kept(m) < m                 # sampled on some device
+        self.r0 = config.resolved_svd_rank(m, n) if sparse else 0
         self.weight = nn.Parameter(weight.detach(), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         kw = dict(device=weight.device, dtype=weight.dtype)
@@ -49,10 +53,11 @@ class CELoRALinear(nn.Module):
         B0, A0 = selection.svd_split(self.weight, self.r0)
         self.register_buffer("B0", B0, persistent=False)
         self.register_buffer("A0", A0, persistent=False)
-        res_sq = None if self.dense else selection.residual_row_sq_norms(self.weight, B0, A0)
+        res_sq = selection.residual_row_sq_norms(self.weight, B0, A0) if sparse else None
         self.register_buffer("res_sq", res_sq, persistent=False)
         self.register_buffer("idx", None, persistent=False)
         self.register_buffer("rows", None, persistent=False)
+        self.register_buffer("B0_out", None, persistent=False)    # lean: B0 with rows I zeroed
         self.steps = 0
         self.refreshed_at: int | None = None
         self.refresh_count = 0
@@ -63,6 +68,25 @@ class CELoRALinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, config: CELoRAConfig) -> "CELoRALinear":
         """Wraps an existing nn.Linear (its weight is shared and frozen)."""
         return cls(linear.weight, linear.bias, config)
+
+    @property
+    def k(self) -> int:
+        """The number of kept features for the weight's current device and dtype (cached; ``_apply``,
+        which every ``.to()``/``.cuda()``/``.half()`` goes through, clears the cache)."""
+        if self._k is None:
+            w = self.weight
+            self._k = self.config.kept(self.out_features, w.device, w.dtype)
+        return self._k
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._k = None                          # device or dtype may have changed: resolve k again
+        return out
+
+    @property
+    def effective_keep_ratio(self) -> float:
+        """k / m: the keep ratio the layer actually runs at (>= the configured p)."""
+        return self.k / self.out_features
 
     @property
     def dense(self) -> bool:
@@ -82,7 +106,7 @@ class CELoRALinear(nn.Module):
     def refresh_due(self) -> bool:
         if self.dense:
             return False
-        return (self.idx is None or self._force_refresh
+        return (self.idx is None or self._force_refresh or self.idx.numel() != self.k
                 or self.steps - self.refreshed_at >= self.config.tau)
 
     def refresh(self, gy: Tensor) -> None:
@@ -91,19 +115,33 @@ class CELoRALinear(nn.Module):
         self.idx = selection.select(self.config.score, gy, self.res_sq, self.k, self._generator, reduce)
         if self.config.cache_rows:
             self.rows = selection.residual_rows(self.weight, self.idx, self.B0, self.A0)
+        elif self.B0 is not None:
+            self.B0_out = selection.zero_rows(self.B0, self.idx)
         self.refreshed_at = self.steps
         self.refresh_count += 1
         self._force_refresh = False
 
-    def grad_x_frozen(self, gy: Tensor) -> Tensor:
-        """The frozen part of G_x for G_y (N, m): dense or double-LoRA + AMM."""
+    def skinny_operand(self) -> Tensor | None:
+        """C with G_y·C fused into bwd.grad_h: B0 (cached rows), B0 with rows I zeroed (lean),
+        or None (dense, or r0 = 0). Valid after the refresh of the current backward."""
+        if self.dense or self.B0 is None:
+            return None
+        return self.B0 if self.config.cache_rows else self.B0_out
+
+    def grad_x_frozen(self, gy: Tensor, t: Tensor | None = None) -> Tensor:
+        """The frozen part of G_x for G_y (N, m): dense or double-LoRA + AMM.
+
+        t: G_y·skinny_operand() (N, r0) when already computed (the Function fuses it
+        into bwd.grad_h); None computes it here.
+        """
         if self.dense:
             return C.grad_x_frozen_dense(gy, self.weight)
         if self.refresh_due():        # the Function refreshes first; kept for direct callers
             self.refresh(gy)
-        if self.config.cache_rows:
-            return C.grad_x_frozen_cached(gy, self.idx, self.rows, self.B0, self.A0)
-        return C.grad_x_frozen_lean(gy, self.idx, self.weight, self.B0, self.A0)
+        if t is None and self.B0 is not None:
+            t = C.skinny(gy, self.skinny_operand())              # (N, m) @ (m, r0) -> (N, r0)
+        rows = self.rows if self.config.cache_rows else self.weight.index_select(0, self.idx)  # (k, n)
+        return C.grad_x_frozen_amm(gy, self.idx, rows, t, self.A0)
 
     # ---- forward -----------------------------------------------------------
 
@@ -126,7 +164,8 @@ class CELoRALinear(nn.Module):
     def extra_repr(self) -> str:
         c = self.config
         return (f"in={self.in_features}, out={self.out_features}, r={c.r}, p={c.keep_ratio}, "
-                f"k={self.k}, r0={self.r0}, tau={c.tau}, score={c.score}, cache_rows={c.cache_rows}")
+                f"k={self.k} (p_eff={self.effective_keep_ratio:.4f}), r0={self.r0}, tau={c.tau}, "
+                f"score={c.score}, cache_rows={c.cache_rows}")
 
 
 class LoRALinear(CELoRALinear):

@@ -72,3 +72,10 @@ def residual_rows(W0: Tensor, idx: Tensor, B0: Tensor | None, A0: Tensor | None)
     if B0 is not None:
         rows.addmm_(B0.index_select(0, idx), A0, alpha=-1.0)           # (k, r0) @ (r0, n)
     return rows
+
+
+def zero_rows(B0: Tensor, idx: Tensor) -> Tensor:
+    """B0 with rows I zeroed: (m, r0). G_y·zero_rows(B0, I) = G_y[:, Ī] B0[Ī, :]."""
+    out = B0.clone()
+    out.index_fill_(0, idx, 0)                                         # rows I -> 0
+    return out

@@ -1,19 +1,48 @@
 #!/usr/bin/env bash
-# Exercises every CUDA path in one run (< 5 minutes on one H200): event timing, CUDA memory stats,
-# bf16, SVD on the device, the headline suite in quick mode, and the reference's latency setting.
+# One prepared GPU check: the CUDA tests, issue 11's figures (scripts/bench_gpu.py), the headline suite in
+# quick mode and one model step. Each step has its own time limit (75 + 210 + 135 + 135 s: 9.3 min at most,
+# ~5 min expected on one H200). Everything is written under OUT_DIR (5 files, each < 16 MiB):
+#   gpu_check.log, bench_gpu.json, backward-breakdown-quick-cuda.json, model-step-cuda.json, nvidia-smi.txt
+# Each step is guarded by its own time limit; a failure is logged and the next step still runs.
 # Usage: bash scripts/gpu_check.sh [OUT_DIR]   (default results/gpu). Uses the torch already installed.
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-results/gpu}
 mkdir -p "$OUT_DIR"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+LOG="$OUT_DIR/gpu_check.log"
+: > "$LOG"
+FAILED=()
+
+step() {   # step NAME SECONDS CMD...: runs CMD under a time limit, tees its output, records a failure
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name ($(date -u +%T), limit ${limit}s): $*" | tee -a "$LOG"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$LOG"
+  [ "$rc" -eq 0 ] || FAILED+=("$name (exit $rc)")
+}
+
 {
   date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  nvidia-smi
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-  python3 -m pytest -q tests/test_cuda.py -p no:cacheprovider
-  python3 -m celora_bench.cli run backward-breakdown --quick --device cuda --out "$OUT_DIR/backward-breakdown-quick-cuda.json"
-  python3 -m celora_bench.cli run backward-breakdown --quick --device cuda --dtype bfloat16 -k q_proj \
-      --out "$OUT_DIR/backward-breakdown-q-bf16-cuda.json"
-  python3 scripts/reference_latency.py --steps 200 --out "$OUT_DIR/reference-latency.json"
-} 2>&1 | tee "$OUT_DIR/gpu_check.log"
+  python3 -c "import triton; print('triton', triton.__version__)" || echo "triton: not importable (index_select gather)"
+} > "$OUT_DIR/nvidia-smi.txt" 2>&1
+cat "$OUT_DIR/nvidia-smi.txt" | tee -a "$LOG"
+
+step "tests/test_cuda.py" 75 python3 -m pytest -q tests/test_cuda.py -p no:cacheprovider
+step "bench_gpu" 210 python3 scripts/bench_gpu.py --out "$OUT_DIR/bench_gpu.json"
+step "backward-breakdown quick cuda" 135 python3 -m celora_bench.cli run backward-breakdown --quick --device cuda \
+    --out "$OUT_DIR/backward-breakdown-quick-cuda.json"
+step "model-step cuda" 135 python3 -m celora_bench.cli run model-step --device cuda --model llama-3.2-1b \
+    --batch 4 --seq 2048 --out "$OUT_DIR/model-step-cuda.json"
+
+if [ ${#FAILED[@]} -eq 0 ]; then
+  echo "gpu_check: all steps passed" | tee -a "$LOG"
+else
+  echo "gpu_check: failed steps: ${FAILED[*]}" | tee -a "$LOG"
+  exit 1
+fi

@@ -55,3 +55,53 @@ def test_cuda_suite_runs(tmp_path):
                      "--out", out]) == 0
     run = results.load(out)
     assert run.machine_info["gpu"]["name"] and not run.errors
+
+
+# ---- issue 11: every output against the float64 formula, the Triton gather, k rounded for the GPU ----
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("keep_ratio", [1.0, 0.5, 0.25])
+@pytest.mark.parametrize("svd_rank,cache_rows", [(0, False), (3, False), (3, True)])
+def test_cuda_outputs_match_float64_formula(dtype, keep_ratio, svd_rank, cache_rows):
+    from tests.test_core_layer import assert_outputs_match
+    lin = nn.Linear(24, 96).cuda().to(dtype)
+    layer = core.CELoRALinear.from_linear(lin, core.CELoRAConfig(
+        r=4, alpha=8.0, keep_ratio=keep_ratio, svd_rank=None if keep_ratio == 1.0 else svd_rank,
+        cache_rows=cache_rows))
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(2, 8, 24, device="cuda").to(dtype)
+    gy = (torch.randn(2, 8, 96, device="cuda") * torch.exp(torch.randn(96, device="cuda"))).to(dtype)
+    assert_outputs_match(layer, x, gy, dtype)
+    if keep_ratio < 1:
+        assert layer.idx.is_cuda and layer.k % (64 if dtype != torch.float32 else 16) == 0 or layer.dense
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("N,m,k", [(1, 5, 1), (37, 300, 129), (8192, 1024, 576), (1000, 14336, 9344)])
+def test_cuda_gather_methods_agree(dtype, N, m, k):
+    from core import gather
+    G = torch.randn(N, m, device="cuda").to(dtype)
+    idx = torch.randperm(m, device="cuda")[:k].sort().values
+    want = G.index_select(1, idx)
+    assert torch.equal(gather.gather_columns(G, idx), want)
+    assert torch.equal(gather.torch_gather(G, idx), want)
+    from core import triton_gather
+    if triton_gather.available():
+        assert gather.method_for(G.device) is gather.triton_gather
+        for tile in ((8, 256), (16, 128), (32, 64), (4, 512)):
+            assert torch.equal(triton_gather.gather_columns(G, idx, tile), want)
+    else:
+        assert gather.method_for(G.device) is gather.index_select
+
+
+def test_k_rounds_to_64_after_to_cuda_bf16():
+    layer = core.CELoRALinear.from_linear(nn.Linear(4096, 1024), core.CELoRAConfig(keep_ratio=0.55))
+    assert layer.k == 564                                    # converted on the CPU: ceil(0.55·1024)
+    layer.to("cuda", torch.bfloat16)
+    assert layer.k == 576 and layer.effective_keep_ratio == 576 / 1024
+    x = torch.randn(64, 4096, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    layer(x).backward(torch.randn(64, 1024, device="cuda", dtype=torch.bfloat16))
+    assert layer.idx.is_cuda and layer.idx.numel() == 576
+    layer.float()
+    assert layer.k == 576 and layer.refresh_due() is False   # fp32 on CUDA: 16 divides 576 too
