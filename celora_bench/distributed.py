@@ -3,6 +3,8 @@
 Under torchrun (WORLD_SIZE > 1) the CLI joins the process group (gloo on CPU,
 nccl on CUDA). Every rank runs the same cases in the same order; timing uses
 a fixed number of samples so that every rank makes the same collective calls.
+``wrap`` is the one place a model gets its data parallelism: DDP (every rank
+holds all of W0) or FSDP2 (``fully_shard``: each rank holds 1/world of it).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 _state = {"on": False}
 
@@ -61,6 +64,69 @@ def local_device(device: str) -> str:
     if active() and device == "cuda":
         return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     return device
+
+
+MODES = ("none", "ddp", "fsdp")
+
+
+def local_bytes(tensors) -> int:
+    """Bytes this rank holds of the tensors: a DTensor (FSDP2's shard) counts its local part only."""
+    total = 0
+    for t in tensors:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        total += t.numel() * t.element_size()
+    return total
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated decoder blocks of a transformers model (its ``_no_split_modules`` classes).
+
+    Raises:
+        ValueError: no module of the model names such a class.
+    """
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or ())}
+    out = [m for m in model.modules() if type(m).__name__ in names]
+    if not out:
+        raise ValueError(f"no decoder block found in {type(model).__name__} (looked for _no_split_modules "
+                         f"classes {sorted(names)}); FSDP and activation checkpointing wrap one block at a time")
+    return out
+
+
+def wrap(model: nn.Module, mode: str, *, mixed_precision: bool = False, checkpoint: bool = False) -> nn.Module:
+    """The model with its data parallelism; call it after ``core.convert``, before building the optimizer.
+
+    mode: "none" (the model as it is), "ddp" (DistributedDataParallel: every rank holds all
+    parameters) or "fsdp" (FSDP2: ``fully_shard`` on every decoder block, then on the root, so
+    each rank holds 1/world of every parameter; the optimizer must see the sharded ones).
+    mixed_precision (fsdp): gathered parameters in bf16, gradients reduced in fp32, CE-LoRA's
+    B0/A0 cast to bf16 (``core.fsdp.cast_buffers``); the sharded parameters keep the model's
+    dtype. checkpoint: activation checkpointing (non-reentrant) of every decoder block.
+
+    Raises:
+        ValueError: mode is not one of MODES, or "ddp"/"fsdp" outside a process group.
+    """
+    if mode not in MODES:
+        raise ValueError(f"wrap mode {mode!r} is invalid; allowed: {', '.join(MODES)}")
+    if mode != "none" and not dist.is_initialized():
+        raise ValueError(f"wrap mode {mode!r} needs a process group (run under torchrun)")
+    if checkpoint:
+        from torch.distributed._composable import checkpoint as ac  # composes with fully_shard, keeps names
+        for block in blocks(model):
+            ac(block)
+    if mode == "ddp":
+        return nn.parallel.DistributedDataParallel(model)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        import core.fsdp
+        policy = MixedPrecisionPolicy()
+        if mixed_precision:
+            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            core.fsdp.cast_buffers(model, torch.bfloat16)
+        for block in blocks(model):
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+    return model
 
 
 def shutdown() -> None:
