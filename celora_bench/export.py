@@ -1,4 +1,7 @@
-"""Exports a run's rows through pandas. CSV and JSON keep every digit; md/latex/html are rendered."""
+"""Exports a run's rows through pandas. CSV and JSON keep every digit; md/latex/html are rendered.
+
+html is a complete page holding the rows table; the report (verdict, plots, machine) is html_report.
+"""
 from __future__ import annotations
 
 import json
@@ -41,21 +44,38 @@ def _rendered(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def export(run: Run, fmt: str) -> str:
-    df = frame(run)
+def verdict_frame(run: Run) -> pd.DataFrame:
+    """One line per verdict check, recomputed from the rows: value with its interval [lo, hi]."""
+    from celora_bench.report import checks_of
+
+    suites = run.run.get("suites") or sorted({r.case.suite for r in run.rows})
+    records = [{"suite": s, **c.to_json()} for s in suites for c in checks_of(run, s)]
+    cols = ["suite", "check", "scope", "metric", "value", "lo", "hi", "target", "status", "kind", "detail"]
+    return pd.DataFrame.from_records(records, columns=cols)
+
+
+def export(run: Run, fmt: str, table: str = "rows") -> str:
+    """table "rows": one line per (case, component); "verdict": one line per check with its interval."""
+    df = frame(run) if table == "rows" else verdict_frame(run)
+    what = "one line per (case, component)" if table == "rows" else "one line per verdict check, value [lo, hi]"
     if fmt == "csv":
         return df.to_csv(index=False)                      # full repr precision
     if fmt == "json":   # json.dumps writes repr floats; pandas' to_json rounds to 15 digits
-        records = [{k: (None if v is pd.NA or (isinstance(v, float) and v != v) else
+        records = [{k: (None if v is pd.NA or v is None or (isinstance(v, float) and v != v) else
                         int(v) if hasattr(v, "item") and isinstance(v.item(), int) else v)
                     for k, v in rec.items()} for rec in df.to_dict(orient="records")]
         return json.dumps({"flops_convention": CONVENTION, "units": {"*_s": "seconds", "mem_bytes": "bytes"},
-                           "rows": records}, indent=1)
-    shown = _rendered(df)
+                           table: records}, indent=1)
+    shown = _rendered(df) if table == "rows" else df
+    note = f"{CONVENTION}; " + ("times in ms (4 significant digits)" if table == "rows" else
+                                "values unitless ratios/shares, [lo, hi] a 95% bootstrap interval")
     if fmt == "md":
-        return f"FLOPs: {CONVENTION}; times in ms (4 significant digits)\n\n" + shown.to_markdown(index=False) + "\n"
+        return f"{note}\n\n" + shown.to_markdown(index=False) + "\n"
     if fmt == "latex":
-        return shown.to_latex(index=False, na_rep="--", caption=f"FLOPs: {CONVENTION}; times in ms")
-    if fmt == "html":
-        return shown.to_html(index=False, na_rep="—")
+        return shown.to_latex(index=False, na_rep="--", caption=note)
+    if fmt == "html":     # a complete, titled page (the report with verdict and plots: celora-bench report)
+        from celora_bench.html_report import esc, page
+        title = f"celora-bench {table}: {run.path}"
+        return page(title, f"<h1>{esc(title)}</h1>\n<p class=\"note\">{esc(note)}; {what}</p>\n<div class=\"scroll\">"
+                           + shown.to_html(index=False, na_rep="—", border=0) + "</div>")
     raise ValueError(f"unknown export format {fmt!r}; allowed: csv, md, latex, json, html")

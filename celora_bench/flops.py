@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -42,19 +43,53 @@ def _baddbmm(c, a, b, *_, **__):
     return _bmm(a, b)
 
 
-def _sdpa_cpu(q, k, *_, **__):       # q (B, H, S, D), k (B, Hk, Sk, D): QKᵀ and PV, causal mask not discounted
-    return 4 * q[0] * q[1] * q[2] * k[2] * q[3]
+# Attention, 2·m·n·k per matmul: QKᵀ and PV forward (4·B·Hq·Sq·Sk·D), dV, dP, dQ, dK backward
+# (8·B·Hq·Sq·Sk·D), the causal mask not discounted (as torch's own formulas). Counted over the
+# query heads: under grouped-query attention (Hq = g·Hk) each key/value head serves g query heads,
+# so the key's head count must not enter the product (torch's formulas assert Hq == Hk and crash).
+
+def _attn(q, k, heads_dim: int, fwd: bool) -> int:
+    """q, k shapes in (B, H, S, D) (heads_dim 1) or (B, S, H, D) (heads_dim 2) layout."""
+    seq_dim = 3 - heads_dim
+    return (4 if fwd else 8) * q[0] * q[heads_dim] * q[seq_dim] * k[seq_dim] * q[3]
 
 
-def _sdpa_cpu_backward(grad_out, q, k, *_, **__):   # dV, dP, dQ, dK
-    return 8 * q[0] * q[1] * q[2] * k[2] * q[3]
+def _sdpa_bhsd(q, k, *_, **__):                      # q (B, Hq, Sq, D), k (B, Hk, Sk, D)
+    return _attn(q, k, 1, True)
 
+
+def _sdpa_bhsd_backward(grad_out, q, k, *_, **__):
+    return _attn(q, k, 1, False)
+
+
+def _sdpa_bshd(q, k, *_, **__):                      # q (B, Sq, Hq, D), k (B, Sk, Hk, D)
+    return _attn(q, k, 2, True)
+
+
+def _sdpa_bshd_backward(grad_out, q, k, *_, **__):
+    return _attn(q, k, 2, False)
+
+
+# every SDPA kernel the CPU and CUDA builds dispatch to (math decomposes into bmm, counted above)
+ATTENTION_OPS = {
+    "_scaled_dot_product_flash_attention_for_cpu": _sdpa_bhsd,
+    "_scaled_dot_product_flash_attention_for_cpu_backward": _sdpa_bhsd_backward,
+    "_scaled_dot_product_flash_attention": _sdpa_bhsd,
+    "_scaled_dot_product_flash_attention_backward": _sdpa_bhsd_backward,
+    "_scaled_dot_product_efficient_attention": _sdpa_bhsd,
+    "_scaled_dot_product_efficient_attention_backward": _sdpa_bhsd_backward,
+    "_scaled_dot_product_cudnn_attention": _sdpa_bhsd,
+    "_scaled_dot_product_cudnn_attention_backward": _sdpa_bhsd_backward,
+    "_flash_attention_forward": _sdpa_bshd,
+    "_flash_attention_backward": _sdpa_bshd_backward,
+    "_efficient_attention_forward": _sdpa_bshd,
+    "_efficient_attention_backward": _sdpa_bshd_backward,
+}
 
 # profiler op name -> formula over the op's input shapes
 FLOP_OPS = {"aten::mm": _mm, "aten::addmm": _addmm, "aten::addmm_": _addmm,
             "aten::bmm": _bmm, "aten::baddbmm": _baddbmm,
-            "aten::_scaled_dot_product_flash_attention_for_cpu": _sdpa_cpu,
-            "aten::_scaled_dot_product_flash_attention_for_cpu_backward": _sdpa_cpu_backward}
+            **{f"aten::{name}": f for name, f in ATTENTION_OPS.items()}}
 
 
 def _scope_of(event, scopes: frozenset[str]) -> str:
@@ -107,6 +142,7 @@ class ScopeProfile:
     bytes: dict[str, int]
     seconds: dict[str, float]
     wall_s: float | None
+    device_s: float | None = None      # CUDA: the device time of every kernel of the run
 
 
 def profile_scopes(fn: Callable[[], object], scopes: Iterable[str], device: str = "cpu") -> ScopeProfile:
@@ -131,18 +167,23 @@ def profile_scopes(fn: Callable[[], object], scopes: Iterable[str], device: str 
         alloc = e.self_device_memory_usage if cuda else e.self_cpu_memory_usage
         if alloc and alloc > 0:
             mem[scope] = mem.get(scope, 0) + int(alloc)
-        if e.name in scopes and _scope_of(e, scopes) == "other":      # outermost scope events only
+        # outermost scope events only, on the host side (on CUDA the profiler also lists each
+        # annotation as a device-side event of the same name, which would count its kernels twice)
+        if e.name in scopes and e.device_type == DeviceType.CPU and _scope_of(e, scopes) == "other":
             t = e.device_time_total if cuda else e.cpu_time_total
             secs[e.name] = secs.get(e.name, 0.0) + t / 1e6
-    return ScopeProfile(flops, mem, secs, wall)
+    # every kernel once: through the top-level host ops that launched them
+    device = sum(e.device_time_total for e in prof.events()
+                 if e.device_type == DeviceType.CPU and e.cpu_parent is None) / 1e6 if cuda else None
+    return ScopeProfile(flops, mem, secs, wall, device)
 
 
 def torch_total(fn: Callable[[], object]) -> int:
-    """Total FLOPs by torch.utils.flop_counter.FlopCounterMode, taught in-place addmm_ and CPU SDPA."""
+    """Total FLOPs by torch.utils.flop_counter.FlopCounterMode, taught in-place addmm_ and every SDPA kernel
+    (CPU flash; CUDA flash, memory-efficient, cuDNN) with grouped-query shapes."""
     aten = torch.ops.aten
     mapping = {aten.addmm_: _addmm}
-    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu),
-                          ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_cpu_backward)):
+    for name, formula in ATTENTION_OPS.items():      # replaces torch's, which assert on grouped-query shapes
         if hasattr(aten, name):
             mapping[getattr(aten, name)] = formula
     counter = FlopCounterMode(display=False, custom_mapping=mapping)

@@ -9,13 +9,14 @@ so the ratios between them are measured side by side.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import statistics
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from celora_bench import flops as F
 from celora_bench import memory
 from celora_bench.cases import Case, Row
-from celora_bench.timing import TimingBudget, time_interleaved
+from celora_bench.timing import TimingBudget, kernel_samples, launch_bound, time_interleaved
 
 PROFILER_WHAT = "bytes allocated by ops inside the component (profiler, gross, not a peak)"
 STEP_WHAT = "bytes allocated by every op of one steady-state forward+backward (profiler, gross; deterministic)"
@@ -38,6 +39,7 @@ class Target:
         reads ("other" for everything outside the scopes; None: analytic only),
         with the profiler's seconds in that scope in extra.
     state_bytes: persistent bytes the provider keeps beyond W0 (None: not applicable).
+    extra: component -> facts about it (e.g. the kept k) merged into its row's extra.
     """
 
     parts: dict[str, Callable] = field(default_factory=dict)
@@ -51,6 +53,7 @@ class Target:
     notes: dict[str, str] = field(default_factory=dict)
     flop_rows: dict[str, str | None] = field(default_factory=dict)
     count_row: str = "fwd+bwd"
+    extra: dict[str, dict] = field(default_factory=dict)   # component -> facts merged into its row's extra
 
 
 def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, threads: int) -> list[Row]:
@@ -63,6 +66,7 @@ def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, thread
                                    [p.seconds for p in profs])
 
     times: list[dict] = [{} for _ in items]
+    kernels: list[dict] = [{} for _ in items]
     peaks: list[dict] = [{} for _ in items]
     names = list(dict.fromkeys(n for _, t in items for n in (*t.parts, *t.whole)))
     for name in names:           # in declaration order; a whole phase's memory right after its timing
@@ -70,12 +74,16 @@ def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, thread
         fns = [{**items[i][1].parts, **items[i][1].whole}[name] for i in idx]
         for i, stats in zip(idx, time_interleaved(fns, device, budget, threads)):
             times[i][name] = stats
+        if device.startswith("cuda"):     # CPU ops run synchronously: no launch queue to hide behind
+            for i, fn in zip(idx, fns):
+                kernels[i][name] = kernel_samples(fn, device)
         for i, fn in zip(idx, fns):
             if name in items[i][1].whole:
                 peaks[i][name] = memory.phase_peak(fn, items[i][0].device)
 
     rows: list[Row] = []
     for i, (case, target) in enumerate(items):
+        first = len(rows)
         has_count = target.count is not None
         for name, fn in target.parts.items():
             fl, al, note = counted[i].get(name), allocated[i].get(name, 0), target.notes.get(name, "")
@@ -101,13 +109,26 @@ def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, thread
                             counted[i].get(scope, 0) if scope and has_count else None,
                             note=target.notes.get(name, ""),
                             extra={"profiled_s": seconds[i].get(scope)} if scope else {}))
+        rows[first:] = [_with_kernel(replace(r, extra={**r.extra, **target.extra[r.component]})
+                                     if r.component in target.extra else r, kernels[i].get(r.component))
+                        for r in rows[first:]]
         if has_count:
             rows.append(Row(case, "step.alloc", mem_bytes=sum(allocated[i].values()), mem_what=STEP_WHAT,
                             extra={"flops_by_scope": counted[i], "bytes_by_scope": allocated[i],
-                                   "seconds_by_scope": seconds[i], "profiled_wall_s": profs[i].wall_s}))
+                                   "seconds_by_scope": seconds[i], "profiled_wall_s": profs[i].wall_s,
+                                   "profiled_device_s": profs[i].device_s}))
         if target.state_bytes is not None:
             rows.append(Row(case, "state", mem_bytes=target.state_bytes, mem_what=target.state_what))
     return rows
+
+
+def _with_kernel(row: Row, samples: tuple[float, ...] | None) -> Row:
+    """The row with its device-time samples and the launch-bound mark (CUDA only)."""
+    if not samples or not row.samples:
+        return row
+    k = statistics.median(samples)
+    return replace(row, extra={**row.extra, "kernel_samples": list(samples), "kernel_s": k,
+                               "launch_bound": launch_bound(statistics.median(row.samples), k)})
 
 
 def measure(case: Case, target: Target, budget: TimingBudget, threads: int) -> list[Row]:

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from celora_bench import intervals  # noqa: E402
 from celora_bench.report import by_case, case_label  # noqa: E402
 from celora_bench.results import Run  # noqa: E402
 from suites.models import PROJECTIONS as LAYER_ORDER  # noqa: E402  (plot order: as in a block)
@@ -22,10 +23,13 @@ from suites.models import PROJECTIONS as LAYER_ORDER  # noqa: E402  (plot order:
 BWD = ("bwd.grad_x_frozen", "bwd.grad_h", "bwd.grad_B", "bwd.grad_A", "bwd.grad_x_lora", "selection.amortized")
 
 
-def save(fig, out_dir: str, name: str) -> str:
-    """Writes a figure as out_dir/name at 120 dpi and closes it; returns the path."""
+def save(fig, out_dir: str, name: str, rect=None) -> str:
+    """Writes a figure as out_dir/name at 120 dpi and closes it; returns the path.
+
+    rect: the (left, bottom, right, top) part of the figure tight_layout may fill (room for a figure legend).
+    """
     path = os.path.join(out_dir, name)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -77,7 +81,13 @@ def breakdown(cases: dict, title: str, path: str) -> str:
     return save(fig, *os.path.split(path))
 
 
+def _samples(row) -> tuple[float, ...]:
+    """Kernel-time samples where the row has them (CUDA), else wall-time samples, as the verdict judges."""
+    return tuple(row.extra.get("kernel_samples") or row.samples)
+
+
 def speedup(cases: dict, title: str, path: str) -> str:
+    """Speed-up against p per layer, each point with its 95% interval (bootstrap over the paired rounds)."""
     layers = sorted({c.layer for c in cases}, key=_order)
     cols = min(4, len(layers))
     rows_n = (len(layers) + cols - 1) // cols
@@ -88,8 +98,7 @@ def speedup(cases: dict, title: str, path: str) -> str:
         if dense is None:
             continue
         d = cases[dense]
-        comp_d, whole_d = d["bwd.grad_x_frozen"].time.median, d["fwd+bwd"].time.median
-        share = comp_d / whole_d
+        share = np.median(_samples(d["bwd.grad_x_frozen"])) / np.median(_samples(d["fwd+bwd"]))
         ax.plot(ps, 1 / ps, "k--", lw=1, label="ideal 1/p (G_y·W0)")
         ax.plot(ps, 1 / (1 - share + share * ps), "k:", lw=1, label=f"Amdahl, share {share:.2f}")
         for c, comps in cases.items():
@@ -97,9 +106,10 @@ def speedup(cases: dict, title: str, path: str) -> str:
                 continue
             mk = "o" if c.svd_rank == 0 else "s"
             fill = "full" if c.cache_rows else "none"
-            ax.plot(c.keep_ratio, comp_d / comps["bwd.grad_x_frozen"].time.median, mk, color="C0",
-                    fillstyle=fill)
-            ax.plot(c.keep_ratio, whole_d / comps["fwd+bwd"].time.median, mk, color="C3", fillstyle=fill)
+            for name, color in (("bwd.grad_x_frozen", "C0"), ("fwd+bwd", "C3")):
+                iv = intervals.ratio(_samples(d[name]), _samples(comps[name]), paired=True)   # dense / CE-LoRA
+                ax.errorbar(c.keep_ratio, iv.value, yerr=[[iv.value - iv.lo], [iv.hi - iv.value]], fmt=mk,
+                            color=color, fillstyle=fill, capsize=2, elinewidth=0.8)
         ax.set_title(f"{layer} {dense.m}x{dense.n}", fontsize=9)
         ax.set_xlabel("keep ratio p")
         ax.set_ylabel("speed-up vs dense")
@@ -109,12 +119,12 @@ def speedup(cases: dict, title: str, path: str) -> str:
     h = [plt.Line2D([], [], ls="--", color="k"), plt.Line2D([], [], ls=":", color="k"),
          plt.Line2D([], [], marker="o", ls="", color="C0"), plt.Line2D([], [], marker="o", ls="", color="C3"),
          plt.Line2D([], [], marker="s", ls="", color="grey", fillstyle="none")]
-    fig.legend(h, ["ideal 1/p", "Amdahl bound (measured share)", "G_y·W0 component", "layer fwd+bwd",
+    fig.legend(h, ["ideal 1/p", "Amdahl bound (measured share)", "G_y·W0 component (95% interval)",
+                   "layer fwd+bwd (95% interval)",
                    "square: double-LoRA r0>0; hollow: lean"], loc="lower center", ncol=3, fontsize=8,
                bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(title)
-    fig.subplots_adjust(bottom=0.2)
-    return save(fig, *os.path.split(path))
+    return save(fig, *os.path.split(path), rect=(0, 0.6 / fig.get_figheight(), 1, 1))   # legend below
 
 
 def plot(run: Run, out_dir: str) -> list[str]:
@@ -134,3 +144,33 @@ def plot(run: Run, out_dir: str) -> list[str]:
         if any(c.provider == "celora" for c in cases):
             paths.append(speedup(cases, f"speed-up vs p: {title}", os.path.join(out_dir, f"speedup-{tag}.png")))
     return paths
+
+
+def step_phases(rows, out_dir: str) -> list[str]:
+    """model-step: per model and token count, each provider's step as forward | backward | optimizer (median ms)."""
+    from suites.model_step import PROVIDERS
+
+    groups = defaultdict(dict)
+    for case, comps in by_case(rows).items():
+        if all(c in comps and comps[c].time for c in ("fwd", "bwd", "optimizer")):
+            groups[(case.model, case.tokens)][case.provider] = comps
+    if not groups:
+        return []
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 3.2), squeeze=False)
+    for ax, (model, tokens) in zip(axes.flat, sorted(groups)):
+        provs = sorted(groups[(model, tokens)], key=lambda p: PROVIDERS.index(p) if p in PROVIDERS else 99)
+        for yi, prov in enumerate(provs):
+            left = 0.0
+            for ci, phase in enumerate(("fwd", "bwd", "optimizer")):
+                w = groups[(model, tokens)][prov][phase].time.median * 1e3
+                ax.barh(yi, w, left=left, color=f"C{ci}", label=phase if yi == 0 else None)
+                left += w
+            ax.text(left, yi, f" {left:.1f}", va="center", fontsize=8)
+        ax.set_yticks(range(len(provs)), provs)
+        ax.invert_yaxis()
+        ax.set_xlabel("median ms per step (phases timed separately)")
+        ax.set_title(f"{model}, {tokens} tokens", fontsize=10)
+        ax.margins(x=0.15)
+    h = [plt.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(3)]
+    fig.legend(h, ["forward", "backward", "optimizer"], loc="upper center", ncol=3, fontsize=8)
+    return [save(fig, out_dir, "step-phases.png", rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))]

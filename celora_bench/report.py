@@ -17,7 +17,8 @@ from celora_bench.results import Run
 from celora_bench.suite import Check
 
 PARTS_PREFIX = ("fwd.", "bwd.")
-STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "INFO": "cyan"}
+STATUS_STYLE = {"PASS": "bold green", "FAIL": "bold red", "NOISE": "yellow", "INFO": "cyan"}
+STATUS_WORDS = {"PASS": "PASS", "FAIL": "FAIL", "NOISE": "within noise", "INFO": "INFO"}
 
 
 def case_label(c: Case) -> str:
@@ -93,22 +94,35 @@ def detail_table(case: Case, comps: dict[str, Row]) -> Table:
     return t
 
 
+def value_text(c: Check) -> str:
+    """The value with its interval, where it has one: 0.468 [0.455, 0.481]."""
+    if c.value is None:
+        return "—"
+    if c.lo is None or c.hi is None or c.lo == c.hi:
+        return f"{c.value:.4g}"
+    return f"{c.value:.4g} [{c.lo:.4g}, {c.hi:.4g}]"
+
+
 def verdict_table(title: str, checks: list[Check]) -> Table:
-    t = Table(title=title)
+    t = Table(title=title, caption="value [95% interval: bootstrap over the raw samples, at least ±2%]; PASS: "
+                                   "the whole interval clears the line, FAIL: it misses it wholly, within noise: "
+                                   "it straddles the line", caption_justify="left")
     for col in ("check", "scope", "metric", "value", "target", "status", "detail"):
         t.add_column(col, justify="right" if col == "value" else "left")
     for c in checks:
-        v = "—" if c.value is None else f"{c.value:.4g}"
-        t.add_row(c.check, c.scope, c.metric, v, c.target, f"[{STATUS_STYLE.get(c.status, '')}]{c.status}[/]",
-                  c.detail)
+        t.add_row(c.check, c.scope, c.metric, value_text(c), c.target,
+                  f"[{STATUS_STYLE.get(c.status, '')}]{STATUS_WORDS.get(c.status, c.status)}[/]", c.detail)
     return t
 
 
 def verdict_counts(checks: list[Check]) -> str:
+    """"86 PASS, 3 FAIL, 11 within noise; 70 of 100 checks are measurements"."""
     n = defaultdict(int)
     for c in checks:
         n[c.status] += 1
-    return ", ".join(f"{n[s]} {s}" for s in ("PASS", "FAIL", "INFO") if n[s])
+    counts = ", ".join(f"{n[s]} {STATUS_WORDS[s]}" for s in STATUS_WORDS if n[s])
+    measured = sum(c.kind == "measured" for c in checks)
+    return f"{counts}; {measured} of {len(checks)} checks are measurements" if checks else "no checks"
 
 
 def checks_of(run: Run, suite: str) -> list[Check]:
@@ -119,6 +133,16 @@ def checks_of(run: Run, suite: str) -> list[Check]:
     return registry.get(suite).verdict(rows)
 
 
+def run_where(run: Run) -> str:
+    """"cuda bfloat16, NVIDIA H200" / "cpu float32": the device and dtype every table title carries."""
+    opts = run.run.get("options") or {}
+    devices = sorted({r.case.device for r in run.rows}) or [opts.get("device", "?")]
+    dtypes = sorted({r.case.dtype for r in run.rows}) or [opts.get("dtype", "?")]
+    gpu = (run.machine_info.get("gpu") or {}).get("name")
+    on_gpu = any(d.startswith("cuda") for d in devices)
+    return f"{'/'.join(devices)} {'/'.join(dtypes)}" + (f", {gpu}" if on_gpu and gpu else "")
+
+
 def render(run: Run, console: Console, detail: bool = False) -> None:
     mi = run.machine_info
     console.print(f"[bold]{run.path}[/]  status: {run.status}  {run.datetime}  commit "
@@ -126,6 +150,7 @@ def render(run: Run, console: Console, detail: bool = False) -> None:
     console.print(f"{mi.get('cpu')}, {mi.get('cores')} cores, {mi.get('threads')} threads, BLAS {mi.get('blas')}, "
                   f"torch {mi.get('torch')}, malloc {mi.get('malloc')}, GPU {(mi.get('gpu') or {}).get('name')}")
     suites = run.run.get("suites") or sorted({r.case.suite for r in run.rows})
+    where = run_where(run)
     for suite in suites:
         rows = [r for r in run.rows if r.case.suite == suite]
         if not rows:
@@ -133,14 +158,16 @@ def render(run: Run, console: Console, detail: bool = False) -> None:
             continue
         mod = registry.get(suite)
         if hasattr(mod, "summary_table"):
-            console.print(mod.summary_table(rows))
+            table = mod.summary_table(rows)
+            table.title = f"{table.title} ({where})"
+            console.print(table)
         else:
-            console.print(summary_table(f"{suite}: per case", rows))
+            console.print(summary_table(f"{suite}: per case ({where})", rows))
         if detail:
             for case, comps in sorted(by_case(rows).items(), key=lambda kv: kv[0].id):
                 console.print(detail_table(case, comps))
         checks = checks_of(run, suite)
-        console.print(verdict_table(f"{suite}: verdict ({verdict_counts(checks)})", checks))
+        console.print(verdict_table(f"{suite} on {where}: verdict ({verdict_counts(checks)})", checks))
     for e in run.errors:
         console.print(f"[red]error[/] {e['case_id']}: {e['error']}")
 

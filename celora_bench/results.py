@@ -71,10 +71,16 @@ class Run:
 def load(path: str) -> Run:
     """Reads a results file; any problem is a ResultsError with one clear line."""
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise ResultsError(f"cannot read results file {path!r}: {e.strerror}") from None
+    if not raw.strip():
+        raise ResultsError(f"{path!r} is not a results file: it is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ResultsError(f"{path!r} is not a results file: not UTF-8 text (byte {e.start})") from None
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:

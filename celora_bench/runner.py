@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from celora_bench import distributed, malloc, registry, results
+from celora_bench import distributed, malloc, registry, remeasure, results
 from celora_bench.cases import Case
 from celora_bench.measure import measure_group
 from celora_bench.suite import Context, Options, budget_for
@@ -143,7 +143,7 @@ def run_group(run_: results.Run, suite, cases: list[Case], ctx: Context) -> None
             _record_error(run_, case, e)
     try:
         if items:
-            run_.add(_with_ranks(measure_group(items, ctx.budget, ctx.threads)))
+            run_.add(_with_ranks(measure_settled(suite, items, ctx)))
     except (RuntimeError, MemoryError, ValueError) as e:
         for case, _ in items:
             _record_error(run_, case, e)
@@ -151,6 +151,21 @@ def run_group(run_: results.Run, suite, cases: list[Case], ctx: Context) -> None
     del items
     gc.collect()                     # free this group's models before the next is built,
     malloc.trim()                    # and hand their pages back: the next starts from a clean heap
+
+
+def measure_settled(suite, items, ctx: Context) -> list:
+    """The group's rows, re-measured with a longer budget while a case is too noisy to judge
+    (celora_bench.remeasure), up to MAX_ATTEMPTS in all; every attempt's samples are kept.
+    Under torchrun every rank must make the same calls, so there is no re-measurement."""
+    rows = measure_group(items, ctx.budget, ctx.threads)
+    judged = getattr(suite, "JUDGED", remeasure.JUDGED)
+    for attempt in range(2, remeasure.MAX_ATTEMPTS + 1):
+        why = remeasure.reasons(rows, judged)
+        if not why or distributed.active():
+            break
+        again = measure_group(items, remeasure.longer(ctx.budget, attempt - 1), ctx.threads)
+        rows = remeasure.with_attempts(again, rows, why, attempt)
+    return rows
 
 
 def warm_up(device: str, seconds: float = 1.5) -> None:

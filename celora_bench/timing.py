@@ -153,3 +153,45 @@ def time_interleaved(fns: Sequence[Callable[[], object]], device: str, budget: T
 
 def time_fn(fn: Callable[[], object], device: str, budget: TimingBudget, threads: int) -> TimeStats:
     return time_interleaved([fn], device, budget, threads)[0]
+
+
+REP_SCOPE = "celora_bench.rep"
+LAUNCH_MARGIN = 0.25   # wall time over kernel time by more than 25%: the row is launch-bound
+
+
+def kernel_samples(fn: Callable[[], object], device: str, reps: int = 5) -> tuple[float, ...]:
+    """Seconds of device work per call, one sample per call, from the profiler.
+
+    CUDA: the device time of every kernel the call launched. CPU: the time spent
+    inside the call's top-level aten ops (the compute and its dispatch; the
+    Python between ops is left out). Compared with the wall time, what is left is
+    host overhead: launch latency, Python, synchronisation.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    cuda = device.startswith("cuda")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    from celora_bench.flops import _quiet_stderr
+
+    fn()                                               # not the first call: caches and allocator warm
+    with _quiet_stderr(), profile(activities=acts) as prof:
+        for _ in range(reps):
+            with record_function(REP_SCOPE):
+                fn()
+        if cuda:
+            torch.cuda.synchronize()
+    out = []
+    for e in prof.events():
+        if e.name != REP_SCOPE or e.device_type != DeviceType.CPU:
+            continue
+        if cuda:
+            out.append(e.device_time_total / 1e6)
+        else:
+            out.append(sum(c.cpu_time_total for c in e.cpu_children if c.name.startswith("aten::")) / 1e6)
+    return tuple(out)
+
+
+def launch_bound(wall_median: float, kernel_median: float, margin: float = LAUNCH_MARGIN) -> bool:
+    """True when the wall time exceeds the device (kernel) time by more than the margin."""
+    return kernel_median > 0 and wall_median > kernel_median * (1 + margin)

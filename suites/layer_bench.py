@@ -13,6 +13,7 @@ from celora_bench.flops import fvcore_forward
 from celora_bench.measure import Target
 from celora_bench.memory import tensor_bytes
 from core import components as C
+from core.config import k_multiple_for
 from core.flops import COMPONENTS, layer_flops
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -31,7 +32,10 @@ class _Wrap(nn.Module):
 
 
 def config_of(case: Case) -> core.CELoRAConfig:
-    return core.CELoRAConfig(r=case.rank, alpha=ALPHA_PER_RANK * case.rank, keep_ratio=case.keep_ratio,
+    """The layer's config; params lora_rank overrides the LoRA rank (the reference setting: r0 = r = 56
+    against a dense r = 64), alpha staying 2r."""
+    r = case.param("lora_rank", case.rank)
+    return core.CELoRAConfig(r=r, alpha=ALPHA_PER_RANK * r, keep_ratio=case.keep_ratio,
                              svd_rank=case.svd_rank, tau=case.tau, score=case.score,
                              cache_rows=case.cache_rows)
 
@@ -106,23 +110,26 @@ def _add_components(case: Case, layer: core.CELoRALinear, x, gy, y_kept, target:
     xd, h, A, B, _ = node.saved_tensors
     x2 = x.detach().reshape(-1, case.n)                  # (N, n)
     s, W0, bias = layer.scale, layer.weight, layer.bias
-    g_h = C.grad_h(gy, B, s)                             # (N, r)
+    torch.autograd.grad(y_kept, [x] + _lora_params(layer), gy, retain_graph=True)  # first refresh
+    g_h, t = C.grad_h_fused(gy, B, s, layer.skinny_operand())   # (N, r), (N, r0) or None: as the Function
     y_buf = y_kept.detach().clone()                      # in-place targets, reused
     gx_buf = torch.zeros_like(x2)
-    torch.autograd.grad(y_kept, [x] + _lora_params(layer), gy, retain_graph=True)  # first refresh
     target.parts = {
         "fwd.frozen": lambda: C.fwd_frozen(x2, W0, bias),
         "fwd.lora": lambda: C.fwd_lora(y_buf, xd, A, B, s),
-        "bwd.grad_h": lambda: C.grad_h(gy, B, s),
+        "bwd.grad_h": lambda: C.grad_h_fused(gy, B, s, layer.skinny_operand()),
         "bwd.grad_B": lambda: C.grad_B(gy, h, s),
         "bwd.grad_A": lambda: C.grad_A(g_h, xd),
         "bwd.grad_x_lora": lambda: C.grad_x_lora(gx_buf, g_h, A),
-        "bwd.grad_x_frozen": lambda: layer.grad_x_frozen(gy),
+        "bwd.grad_x_frozen": lambda: layer.grad_x_frozen(gy, t),
     }
     k = None if layer.dense else layer.k
-    target.analytic.update(layer_flops(case.tokens, case.m, case.n, case.rank, k, layer.r0,
+    target.analytic.update(layer_flops(case.tokens, case.m, case.n, layer.config.r, k, layer.r0,
                                        case.cache_rows))
     target.analytic["fwd+bwd"] = sum(target.analytic[c] for c in COMPONENTS)
+    a = layer.config.k_multiple or k_multiple_for(W0.device, W0.dtype)
+    target.extra["bwd.grad_x_frozen"] = {"k": layer.k, "k_multiple": a, "p_eff": layer.k / case.m,
+                                         "r0": layer.r0}
     if not layer.dense:
         target.parts["selection"] = lambda: layer.refresh(gy)
         target.amortized["selection.amortized"] = ("selection", case.tau)

@@ -13,6 +13,7 @@ import torch
 
 import core
 from celora_bench import distributed
+from celora_bench import intervals as I
 from celora_bench.cases import Case, Row
 from celora_bench.measure import Target
 from celora_bench.suite import Check, Options
@@ -22,16 +23,29 @@ from suites.layer_bench import DTYPES
 
 NAME = "model-step"
 DISTRIBUTED = True             # runs under torchrun with DDP
+FSDP = True                    # or, with --fsdp, sharded by FSDP2 (distributed.wrap)
 DESCRIPTION = "One training step of a whole LLaMA-shaped model: time, memory and FLOPs per component vs peft"
-PROVIDERS = ("peft", "dense", "celora-paper", "celora-all")
+PROVIDERS = ("peft", "peft-native", "dense", "celora-paper", "celora-all")
 RANK, ALPHA = 16, 32.0
 ALL_P = 0.5
 PREDICTED_FRACTION = 0.9       # measured step speed-up >= 0.9 x the FLOP-predicted one
+JUDGED = ()                    # each provider is timed alone (no interleaved group to re-measure)
+
+
+def providers(dtype: str) -> tuple[str, ...]:
+    """peft as users get it (autocast_adapter_dtype=True: adapters upcast to fp32), and, for 16-bit
+    models only (in fp32 the two are the same model), peft with adapters kept in the model's dtype."""
+    return PROVIDERS if dtype in ("bfloat16", "float16") else tuple(p for p in PROVIDERS if p != "peft-native")
 
 
 def cases(opts: Options) -> list[Case]:
-    if opts.mode == "quick":
-        plans = [(opts.model or "tiny", opts.batch or 4, opts.seq or 128)]
+    cuda = opts.device.startswith("cuda")
+    if opts.mode == "quick":          # CPU: a tiny model; CUDA: the 1B shapes at 4×2048 tokens (GPU-sized)
+        plans = [(opts.model or ("llama-3.2-1b" if cuda else "tiny"), opts.batch or (4 if cuda else 4),
+                  opts.seq or (2048 if cuda else 128))]
+    elif cuda:
+        plans = [(opts.model or "llama-3.2-1b", opts.batch or 4, opts.seq or 2048),
+                 ("llama-3.1-8b", opts.batch or 2, opts.seq or 2048)]
     else:
         plans = [("tiny", opts.batch or 4, opts.seq or 128),
                  (opts.model or "llama-3.2-1b", opts.batch or 1, opts.seq or 256)]
@@ -39,7 +53,9 @@ def cases(opts: Options) -> list[Case]:
     for name, batch, seq in plans:
         shape = models.get(name)
         extra = (("path", opts.model_path),) if opts.model_path else ()
-        for provider in PROVIDERS:
+        extra += (("fsdp", True),) if opts.fsdp else ()
+        extra += (("checkpointing", True),) if opts.checkpointing else ()
+        for provider in providers(opts.dtype):
             out.append(Case(NAME, provider, name, "model", shape.hidden, shape.intermediate, batch * seq, RANK,
                             keep_ratio=ALL_P if provider == "celora-all" else 1.0, dtype=opts.dtype,
                             device=opts.device, params=tuple(sorted((("batch", batch), ("seq", seq)) + extra))))
@@ -56,9 +72,10 @@ def _group(case: Case) -> tuple:
 
 def apply(model, provider: str) -> None:
     """Puts the provider's LoRA on every projection of the model."""
-    if provider == "peft":
+    if provider in ("peft", "peft-native"):
         import peft
-        peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(models.PROJECTIONS)))
+        peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(models.PROJECTIONS)),
+                            autocast_adapter_dtype=provider == "peft")
         return
     plan = {"dense": "dense", "celora-paper": "paper", "celora-all": "all"}[provider]
     core.convert(model, plan, r=RANK, alpha=ALPHA, keep_ratio=ALL_P)
@@ -84,7 +101,7 @@ def _layers(model, provider: str, shape: models.ModelShape) -> list[_Layer]:
         if isinstance(m, core.CELoRALinear):
             out.append(_Layer(name, m.out_features, m.in_features, m.config.r, None if m.dense else m.k, m.r0,
                               not first_qkv))
-        elif provider == "peft" and hasattr(m, "base_layer") and name.endswith(models.PROJECTIONS):
+        elif provider.startswith("peft") and hasattr(m, "base_layer") and name.endswith(models.PROJECTIONS):
             out.append(_Layer(name, m.base_layer.out_features, m.base_layer.in_features, RANK, None, 0,
                               not first_qkv))
     return out
@@ -94,7 +111,7 @@ def analytic(layers: list[_Layer], shape: models.ModelShape, batch: int, seq: in
     T = batch * seq
     comp = dict.fromkeys(COMPONENTS, 0)
     for lay in layers:
-        f = layer_flops(T, lay.m, lay.n, lay.r, lay.k, lay.r0)
+        f = layer_flops(T, lay.m, lay.n, lay.r, lay.k, lay.r0, fused=lay.needs_gx)   # no G_x: no G_y·C
         for c in COMPONENTS:
             if lay.needs_gx or c not in ("bwd.grad_x_frozen", "bwd.grad_x_lora"):
                 comp[c] += f[c]
@@ -114,11 +131,14 @@ def setup(case: Case) -> Target:
     model = models.build_model(case.model, path=p.get("path")).to(device=device, dtype=dtype)
     model.config.use_cache = False
     apply(model, case.provider)
+    if p.get("checkpointing"):            # as the paper trains; CE-LoRA's tau counts optimizer steps, not forwards
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     model.train()
     layers_info = _layers(model, case.provider, shape)
     ddp = distributed.active()
     if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+        model = distributed.wrap(model, "fsdp" if p.get("fsdp") else "ddp", mixed_precision=case.dtype == "bfloat16")
     g = torch.Generator().manual_seed(distributed.rank())      # each data-parallel rank its own batch
     ids = torch.randint(0, shape.vocab, (p["batch"], p["seq"]), generator=g).to(device)
     params = [q for q in model.parameters() if q.requires_grad]
@@ -150,7 +170,7 @@ def setup(case: Case) -> Target:
         opt.step()
 
     fl = analytic(layers_info, shape, p["batch"], p["seq"])
-    if case.provider == "peft":
+    if case.provider.startswith("peft"):
         rows = {"lora_layers": None, "rest": None, "rest.attention": None, "rest.lm_head": None}
         notes = {"lora_layers": "peft: autograd's backward, not split into components"}
     else:
@@ -162,8 +182,9 @@ def setup(case: Case) -> Target:
         {"fwd": loss, "bwd": bwd, "optimizer": opt_copy.step, "step": step}
     return Target(whole=whole, count=count,
                   scopes=COMPONENTS + ("selection",), analytic=fl, flop_rows=rows, count_row="step",
-                  notes=notes, state_bytes=sum(q.numel() * q.element_size() for q in params),
-                  state_what="trainable LoRA parameters, bytes (CE-LoRA's B0, A0, I and cached rows not included)")
+                  notes=notes, state_bytes=distributed.local_bytes(params),
+                  state_what="trainable LoRA parameters on this rank (a shard under --fsdp), bytes "
+                             "(CE-LoRA's B0, A0, I and cached rows not included)")
 
 
 # ---- verdict -------------------------------------------------------------------
@@ -172,50 +193,76 @@ def _by(rows: list[Row]) -> dict[tuple[Case, str], Row]:
     return {(r.case, r.component): r for r in rows}
 
 
+def _step_samples(by, case) -> tuple[float, ...]:
+    row = by.get((case, "step"))
+    return row.samples if row is not None and row.samples else ()
+
+
+def time_share(prof: Row | None) -> tuple[float | None, str]:
+    """G_y·W0's share of one profiled step: by kernel (device) time on CUDA, by CPU op time on the CPU."""
+    if prof is None:
+        return None, ""
+    secs = prof.extra.get("seconds_by_scope", {}).get("bwd.grad_x_frozen")
+    total = prof.extra.get("profiled_device_s") or prof.extra.get("profiled_wall_s")
+    basis = "kernel time" if prof.extra.get("profiled_device_s") else "profiler, CPU"
+    return (secs / total if secs and total else None), basis
+
+
 def verdict(rows: list[Row]) -> list[Check]:
+    """Per model: G_y·W0's share of the step; each CE-LoRA preset's measured step speed-up against the
+    FLOP-predicted one; speed-ups against peft. Steps are timed one provider at a time (each model
+    is freed before the next is built), so intervals resample each provider's steps independently."""
     by = _by(rows)
     checks: list[Check] = []
     groups: dict[tuple, dict[str, Case]] = {}
     for r in rows:
         groups.setdefault(_group(r.case), {})[r.case.provider] = r.case
     for key, provs in groups.items():
-        dense, peft_ = provs.get("dense"), provs.get("peft")
+        dense = provs.get("dense")
         scope = f"{key[0]} {dict(key[4]).get('batch')}x{dict(key[4]).get('seq')} tokens"
         if dense and (dense, "bwd.grad_x_frozen") in by and (dense, "step") in by:
             gx, step = by[(dense, "bwd.grad_x_frozen")], by[(dense, "step")]
-            checks.append(Check("1. model-level G_y·W0 share", scope, "FLOP share (counted)",
-                                gx.flops_counted / step.flops_counted, "reported", "INFO",
-                                f"analytic {gx.flops_analytic / step.flops_analytic:.3f}"))
-            prof = by.get((dense, "step.alloc"))
-            secs = prof.extra.get("seconds_by_scope", {}).get("bwd.grad_x_frozen") if prof else None
-            if secs and prof.extra.get("profiled_wall_s"):
-                checks.append(Check("1. model-level G_y·W0 share", scope, "time share (profiler, one step)",
-                                    secs / prof.extra["profiled_wall_s"], "reported", "INFO"))
+            f = gx.flops_counted / step.flops_counted
+            checks.append(Check("1. model-level G_y·W0 share", scope, "FLOP share (counted)", f, "reported", "INFO",
+                                f"analytic {gx.flops_analytic / step.flops_analytic:.3f}", f, f, kind="info"))
+            share, basis = time_share(by.get((dense, "step.alloc")))
+            if share is not None:
+                checks.append(Check("1. model-level G_y·W0 share", scope, f"time share ({basis}, one step)",
+                                    share, "reported", "INFO", kind="info"))
+        d_s = _step_samples(by, dense) if dense else ()
         for prov in ("celora-paper", "celora-all"):
             c = provs.get(prov)
-            if not (c and dense and (c, "step") in by and (dense, "step") in by):
+            c_s = _step_samples(by, c) if c else ()
+            if not (c_s and d_s):
                 continue
-            d_step, c_step = by[(dense, "step")], by[(c, "step")]
-            predicted = d_step.flops_counted / c_step.flops_counted
-            measured = d_step.time.median / c_step.time.median
+            predicted = by[(dense, "step")].flops_counted / by[(c, "step")].flops_counted
             checks.append(Check("2. step speed-up vs ours dense", f"{scope} {prov}", "FLOP-predicted",
-                                predicted, "reported", "INFO"))
-            ok = measured >= PREDICTED_FRACTION * predicted
-            checks.append(Check("2. step speed-up vs ours dense", f"{scope} {prov}", "measured", measured,
-                                f">= {PREDICTED_FRACTION} × {predicted:.3f}" if prov == "celora-paper" else "reported",
-                                ("PASS" if ok else "FAIL") if prov == "celora-paper" else "INFO",
-                                f"{measured / predicted:.3f} of predicted"))
-            if peft_ and (peft_, "step") in by:
-                p_step = by[(peft_, "step")]
-                sp = p_step.time.median / c_step.time.median
-                faster = sp > 1 and c_step.time.quartiles[1] < p_step.time.quartiles[0]
-                checks.append(Check("3. step speed-up vs peft LoRA", f"{scope} {prov}", "measured", sp,
-                                    "> 1, IQRs apart" if prov == "celora-all" else "reported",
-                                    ("PASS" if faster else "FAIL") if prov == "celora-all" else "INFO"))
-        if dense and peft_ and (dense, "step") in by and (peft_, "step") in by:
-            checks.append(Check("3. step speed-up vs peft LoRA", f"{scope} dense", "measured",
-                                by[(peft_, "step")].time.median / by[(dense, "step")].time.median, "reported",
-                                "INFO"))
+                                predicted, "reported", "INFO", kind="info"))
+            iv = I.ratio(d_s, c_s, paired=False)
+            line = PREDICTED_FRACTION * predicted
+            judged = prov == "celora-paper"
+            checks.append(Check("2. step speed-up vs ours dense", f"{scope} {prov}", "measured", iv.value,
+                                f">= {PREDICTED_FRACTION} × {predicted:.3f}" if judged else "reported",
+                                iv.judge(line, above=True) if judged else "INFO",
+                                f"{iv.value / predicted:.3f} of predicted", iv.lo, iv.hi,
+                                kind="measured" if judged else "info"))
+        for base_name in ("peft", "peft-native"):
+            b = provs.get(base_name)
+            b_s = _step_samples(by, b) if b else ()
+            if not b_s:
+                continue
+            for prov in ("dense", "celora-paper", "celora-all"):
+                c = provs.get(prov)
+                c_s = _step_samples(by, c) if c else ()
+                if not c_s:
+                    continue
+                iv = I.ratio(b_s, c_s, paired=False)
+                judged = prov == "celora-all" and base_name == "peft"
+                checks.append(Check("3. step speed-up vs peft LoRA", f"{scope} {prov}",
+                                    "measured" if base_name == "peft" else "measured vs peft-native", iv.value,
+                                    "> 1 (whole interval)" if judged else "reported",
+                                    iv.judge(1.0, above=True) if judged else "INFO", "", iv.lo, iv.hi,
+                                    kind="measured" if judged else "info"))
     return checks
 
 
@@ -224,11 +271,17 @@ def summary_table(rows: list[Row]):
 
     from celora_bench.flops import CONVENTION
     t = Table(title="model-step: one training step", caption=f"times: median ms (* IQR/median > 10%); "
-              f"memory MiB (peak RSS/CUDA over the phase); {CONVENTION}", caption_justify="left")
-    for col in ("model", "tokens", "provider", "fwd ms", "bwd ms", "optimizer ms", "step ms", "step peak MiB",
-                "GFLOP step (counted)", "GFLOP G_y·W0", "GFLOP rest", "trainable MiB"):
+              f"× peft / × dense: step speed-up against peft as users get it and against our dense LoRA "
+              f"(FLOP-predicted in brackets); memory MiB (peak RSS/CUDA over the step); G_y·W0 share: of one "
+              f"profiled step's kernel time (CUDA) or op time (CPU); {CONVENTION}", caption_justify="left")
+    for col in ("model", "tokens", "provider", "fwd ms", "bwd ms", "optimizer ms", "step ms", "× peft",
+                "× dense (pred.)", "step peak MiB", "GFLOP step (counted)", "GFLOP G_y·W0", "G_y·W0 time share",
+                "trainable MiB"):
         t.add_column(col, justify="left" if col in ("model", "provider") else "right")
     by = _by(rows)
+    groups: dict[tuple, dict[str, Case]] = {}
+    for r in rows:
+        groups.setdefault(_group(r.case), {})[r.case.provider] = r.case
     for case in sorted({r.case for r in rows}, key=lambda c: (c.model, c.tokens, PROVIDERS.index(c.provider)
                                                                if c.provider in PROVIDERS else 9)):
         def ms(comp):
@@ -239,10 +292,22 @@ def summary_table(rows: list[Row]):
             r = by.get((case, comp))
             v = None if r is None else getattr(r, attr)
             return "—" if v is None else f"{v / 1e9:.2f}"
+
+        def vs(other: str, flops: bool = False) -> str:
+            o = groups[_group(case)].get(other)
+            mine, theirs = by.get((case, "step")), by.get((o, "step")) if o else None
+            if mine is None or theirs is None or not mine.samples or not theirs.samples:
+                return "—"
+            text = f"{theirs.time.median / mine.time.median:.3f}"
+            if flops and mine.flops_counted and theirs.flops_counted:
+                text += f" ({theirs.flops_counted / mine.flops_counted:.3f})"
+            return text
         step = by.get((case, "step"))
         state = by.get((case, "state"))
+        share, _ = time_share(by.get((case, "step.alloc")))
         t.add_row(case.model, str(case.tokens), case.provider, ms("fwd"), ms("bwd"), ms("optimizer"), ms("step"),
+                  vs("peft"), vs("dense", flops=True),
                   "—" if step is None or step.mem_bytes is None else f"{step.mem_bytes / 2**20:.0f}",
-                  gf("step"), gf("bwd.grad_x_frozen"), gf("rest"),
+                  gf("step"), gf("bwd.grad_x_frozen"), "—" if share is None else f"{share:.3f}",
                   "—" if state is None else f"{state.mem_bytes / 2**20:.1f}")
     return t

@@ -109,6 +109,36 @@ def test_truncated_run_file_is_refused(run_file, tmp_path, capsys):
     assert "truncated JSON" in capsys.readouterr().err
 
 
+BAD_FILES = {
+    "empty": (b"", "it is empty"),
+    "binary": (bytes(range(256)) * 4, "not UTF-8"),
+    "truncated": (b'{"schema": "celora-bench/results", "version": 1, "rows": [', "truncated JSON"),
+    "foreign": (b'{"benchmarks": [], "machine_info": {}}', "not a celora-bench results file"),
+    "list": (b"[1, 2, 3]", "not a celora-bench results file"),
+    "version": (b'{"schema": "celora-bench/results", "version": 99, "rows": []}', "schema version 99"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+@pytest.mark.parametrize("command", ["show", "export", "plot", "compare-a", "compare-b", "gate-from",
+                                     "gate-baseline", "merge", "resume", "report"])
+def test_every_command_that_reads_a_file_refuses_a_bad_one(run_file, tmp_path, capsys, command, kind):
+    data, needle = BAD_FILES[kind]
+    bad = tmp_path / f"{kind}.json"
+    bad.write_bytes(data)
+    b = str(bad)
+    argv = {"show": ["show", b], "export": ["export", b, "--format", "csv"], "plot": ["plot", b],
+            "compare-a": ["compare", b, run_file], "compare-b": ["compare", run_file, b],
+            "gate-from": ["gate", "--from", b, "--baseline", run_file],
+            "gate-baseline": ["gate", "--from", run_file, "--baseline", b],
+            "merge": ["merge", run_file, b, "--out", str(tmp_path / "m.json")],
+            "resume": ["run", "backward-breakdown", *SMALL, "--resume", "--out", b],
+            "report": ["report", b, "--out", str(tmp_path / "r.html")]}[command]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and "Traceback" not in err, err
+
+
 def test_ctrl_c_keeps_measured_cases_and_resume_finishes(tmp_path):
     out = str(tmp_path / "int.json")
     two_groups = ["--model", "tiny", "-k", "tiny/q_proj/", "-k", "tiny/k_proj/"]
