@@ -5,7 +5,17 @@ text (suites/text_task.py). Per module type and layer: relative error and
 cosine similarity of G_x against the exact one, against p, svd_rank (0,
 balanced, twice balanced), score (product, residual_norm, random) and index
 staleness (steps since the refresh). Then the error that reaches the trainable
-gradients: G_A and G_B after a full backward through a CE-LoRA model.
+gradients: G_A and G_B after a full backward through a CE-LoRA model. And each
+W0's singular-value spectrum: the energy share of the top r0 singular values,
+sum_{i<=r0} s_i^2 / sum_i s_i^2 = 1 - ||R||_F^2/||W0||_F^2 (R = W0 - B0 A0), which is
+what double-LoRA takes out of the sampled product.
+
+--model smollm2-135m runs it on SmolLM2-135M-Instruct (real weights, Q4_1
+dequantized to fp32; suites/pretrained.py), tokens from its own tokenizer. Its
+quick mode is cut for a 2-core CPU: 2 x 64 tokens per step, 3 warm-up steps,
+staleness 0 and 2, blocks 0, 15 and 29 only (LoRA on those), propagation at
+p=0.5 only. Its full mode: 8 x 128 tokens, all 30 blocks (a GPU host's RAM:
+the captures hold about 2 GB per captured step).
 """
 from __future__ import annotations
 
@@ -20,36 +30,64 @@ from celora_bench.suite import Check, Context, Options
 from core import components as C
 from core import selection
 from core.config import balanced_rank
-from suites import text_task
+from suites import pretrained, text_task
+from suites.models import PROJECTIONS
 from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ
 
 NAME = "approx-error"
 DESCRIPTION = "Relative error / cosine of CE-LoRA's G_x and G_A, G_B vs exact, on real gradients from real text"
 
 
-def _sizes(mode: str):
+def model_of(opts: Options) -> str:
+    """The case's model: "local" (--model-path), tiny-byte (default) or a registry model with real weights."""
+    if opts.model_path:
+        return "local"
+    name = opts.model or "tiny-byte"
+    if name != "tiny-byte" and name not in pretrained.PRETRAINED:
+        raise ValueError(f"--model {name!r}: this suite needs trained weights; allowed: tiny-byte, "
+                         f"{', '.join(pretrained.PRETRAINED)} (or --model-path)")
+    return name
+
+
+def _sizes(mode: str, model: str = "tiny-byte"):
+    real = model in pretrained.PRETRAINED
+    if mode == "quick" and real:        # a 2-core CPU: see the module docstring for what was cut
+        return dict(ps=(0.25, 0.5, 0.75), warm=3, stale=(0, 2), batch=2, seq=64, layers="0,15,29", prop=(0.5,))
     if mode == "quick":
         return dict(ps=(0.25, 0.5, 0.75), warm=20, stale=(0, 1, 5, 20, 50))
+    if real:
+        return dict(ps=(0.25, 0.5, 0.55, 0.65, 0.75), warm=50, stale=(0, 1, 10, 50), batch=BATCH, seq=SEQ,
+                    layers="all")
     return dict(ps=(0.25, 0.5, 0.55, 0.65, 0.75), warm=50, stale=(0, 1, 10, 50, 100, 200))
 
 
+def weights_label(case: Case) -> str:
+    """What the weights are, said wherever results are shown."""
+    if case.model in pretrained.PRETRAINED:
+        return pretrained.label(case.model)
+    return f"local checkpoint {case.param('path')}" if case.model == "local" else "tiny-byte (pretrained here)"
+
+
 def cases(opts: Options) -> list[Case]:
-    sz = _sizes(opts.mode)
-    model = "local" if opts.model_path else "tiny-byte"
+    model = model_of(opts)
+    sz = _sizes(opts.mode, model)
     extra = tuple((k, v) for k, v in (("data", opts.data), ("path", opts.model_path)) if v)
+    extra += tuple((k, sz[k]) for k in ("batch", "seq", "layers") if k in sz)
     stale = ",".join(map(str, sz["stale"]))
+    tokens = sz.get("batch", BATCH) * sz.get("seq", SEQ)
 
     def case(p, r0, score, kind):
-        return Case(NAME, "celora", model, "all", 0, 0, BATCH * SEQ, RANK, keep_ratio=p, svd_rank=r0,
+        return Case(NAME, "celora", model, "all", 0, 0, tokens, RANK, keep_ratio=p, svd_rank=r0,
                     score=score, dtype=opts.dtype, device=opts.device,
                     params=tuple(sorted((("kind", kind), ("warm", sz["warm"]), ("stale", stale)) + extra)))
-    out = []
+    out = [case(1.0, balanced_rank(RANK), "product", "spectrum")]
     for p in sz["ps"]:
         for r0 in (0, balanced_rank(RANK), 2 * balanced_rank(RANK)):
             out.append(case(p, r0, "product", "gx"))
         for score in ("residual_norm", "random"):
             out.append(case(p, balanced_rank(RANK), score, "gx"))
-        out.append(case(p, balanced_rank(RANK), "product", "propagation"))
+        if p in sz.get("prop", sz["ps"]):
+            out.append(case(p, balanced_rank(RANK), "product", "propagation"))
     return out
 
 
@@ -58,54 +96,76 @@ def cases(opts: Options) -> list[Case]:
 _CAPTURES: dict[tuple, dict] = {}
 
 
-def _train_model(case: Case):
+def _task(case: Case):
     p = dict(case.params)
-    t = text_task.task(p.get("path"), p.get("data"))
-    model = t.model()
-    core.convert(model, "dense", r=RANK, alpha=ALPHA)
+    return text_task.task(p.get("path"), p.get("data"),
+                          model=case.model if case.model in pretrained.PRETRAINED else None)
+
+
+def _lora(model, case: Case, plan: dict) -> None:
+    """Puts the plan on the case's blocks (params "layers", default all); LoRA A seeded."""
     torch.manual_seed(0)
+    core.convert(model, text_task.on_layers(plan, case.param("layers", "all")))
+
+
+def _train_model(case: Case):
+    t = _task(case)
+    model = t.model()
+    _lora(model, case, core.preset("dense", r=RANK, alpha=ALPHA))
     for m in core.celora_modules(model):        # a trained-looking B from step 0 on
         torch.nn.init.normal_(m.lora_B, std=1e-3)
     return t, model
 
 
 def captures(case: Case) -> dict:
-    """{step: {layer name: (x, G_y, A, B)}} at warm + each staleness, from one dense-LoRA fine-tune."""
+    """{"steps": {step: {layer name: (x, G_y, A, B)}}, "lora": {step: {name: (A, B)}}, "weights", ...}
+    at warm + each staleness, from one dense-LoRA fine-tune of the case's blocks."""
     p = dict(case.params)
-    key = (p.get("path"), p.get("data"), p["warm"], p["stale"], case.device)
+    key = (case.model, p.get("path"), p.get("data"), p["warm"], p["stale"], p.get("layers"), p.get("batch"),
+           p.get("seq"), case.device)
     if key in _CAPTURES:
         return _CAPTURES[key]
+    batch, seq = p.get("batch", BATCH), p.get("seq", SEQ)
     t, model = _train_model(case)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, core.CELoRALinear)}
     wanted = {p["warm"] + int(s) for s in p["stale"].split(",")}
     got: dict[int, dict] = {}
+    lora: dict[int, dict] = {}
     store: dict[str, list] = {}
 
     def hook(name):
         def fwd(mod, inputs, out):
             if mod.training:
-                x = inputs[0].detach().reshape(-1, mod.in_features)
-                out.register_hook(lambda g: store.__setitem__(name, [x, g.detach().reshape(-1, mod.out_features)]))
+                x = inputs[0].detach().reshape(-1, mod.in_features)                  # (N, n)
+                out.register_hook(lambda g: store.__setitem__(
+                    name, [x, g.detach().reshape(-1, mod.out_features)]))           # (N, m)
         return fwd
     handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=LR)
     g = torch.Generator().manual_seed(0)
     model.train()
     for step in range(max(wanted) + 1):
-        x = text_task.windows(t.train, BATCH, SEQ, g)
+        x = text_task.windows(t.train, batch, seq, g)
         store.clear()
         model(input_ids=x, labels=x).loss.backward()
         if step in wanted:
-            got[step] = {n: (*store[n], layers[n].lora_A.detach().clone(), layers[n].lora_B.detach().clone())
-                         for n in layers if n in store}
+            lora[step] = {n: (m.lora_A.detach().clone(), m.lora_B.detach().clone()) for n, m in layers.items()}
+            got[step] = {n: (*store[n], *lora[step][n]) for n in layers if n in store}
         opt.step()
         opt.zero_grad(set_to_none=True)
     for h in handles:
         h.remove()
-    out = {"steps": got, "weights": {n: m.weight.detach() for n, m in layers.items()},
-           "scale": next(iter(layers.values())).scale, "task": t}
+    out = {"steps": got, "lora": lora, "weights": {n: m.weight.detach() for n, m in layers.items()},
+           "scale": next(iter(layers.values())).scale, "task": t, "svd": {}}
     _CAPTURES[key] = out
     return out
+
+
+def _svd(cap: dict, name: str, r0: int):
+    """selection.svd_split of a layer's W0, once per (layer, r0) for all the cases that share the captures."""
+    if (name, r0) not in cap["svd"]:
+        cap["svd"][(name, r0)] = selection.svd_split(cap["weights"][name], r0)
+    return cap["svd"][(name, r0)]
 
 
 def _rel_cos(approx: torch.Tensor, exact: torch.Tensor) -> tuple[float, float]:
@@ -127,12 +187,13 @@ def run_gx(case: Case, ctx: Context) -> list[Row]:
     warm, stale = p["warm"], [int(s) for s in p["stale"].split(",")]
     rows = []
     gen = torch.Generator().manual_seed(0)
-    for name, W0 in cap["weights"].items():
+    for name in cap["steps"][warm]:
+        W0 = cap["weights"][name]
         proj, layer = _short(name)
         r0 = min(case.svd_rank, *W0.shape)
-        B0, A0 = selection.svd_split(W0, r0)
+        B0, A0 = _svd(cap, name, r0)
         res_sq = selection.residual_row_sq_norms(W0, B0, A0)
-        k = core.CELoRAConfig(keep_ratio=case.keep_ratio).kept(W0.shape[0])
+        k = core.CELoRAConfig(keep_ratio=case.keep_ratio).kept(W0.shape[0], W0.device, W0.dtype)   # as the layer
         x_ref, gy_ref, *_ = cap["steps"][warm][name]
         idx = selection.select(case.score, gy_ref, res_sq, k, gen)           # refreshed at the warm step
         rows_R = selection.residual_rows(W0, idx, B0, A0)
@@ -142,7 +203,7 @@ def run_gx(case: Case, ctx: Context) -> list[Row]:
             lora = cap["scale"] * (gy @ B) @ A
             approx = C.grad_x_frozen_cached(gy, idx, rows_R, B0, A0)
             rel, cos = _rel_cos(approx + lora, exact_frozen + lora)
-            rows.append(Row(case, f"{proj}/L{layer}/stale{s}",
+            rows.append(Row(case, f"{proj}/L{layer}/stale{s}", note=weights_label(case),
                             extra={"rel_error": rel, "cosine": cos, "module": proj, "layer": layer,
                                    "staleness": s, "m": W0.shape[0], "n": W0.shape[1], "k": k, "r0": r0}))
     return rows
@@ -152,20 +213,22 @@ def run_propagation(case: Case, ctx: Context) -> list[Row]:
     """G_A, G_B of every layer after one full backward: CE-LoRA (all projections at p) vs exact LoRA."""
     cap = captures(case)
     t = cap["task"]
+    p = dict(case.params)
+    batch, seq = p.get("batch", BATCH), p.get("seq", SEQ)
     exact_model = t.model()
-    core.convert(exact_model, "dense", r=RANK, alpha=ALPHA)
+    _lora(exact_model, case, core.preset("dense", r=RANK, alpha=ALPHA))
     approx_model = t.model()
-    core.convert(approx_model, {"*_proj": core.CELoRAConfig(r=RANK, alpha=ALPHA, keep_ratio=case.keep_ratio,
-                                                              svd_rank=case.svd_rank, score=case.score)})
-    warm = dict(case.params)["warm"]
+    _lora(approx_model, case, {"*_proj": core.CELoRAConfig(r=RANK, alpha=ALPHA, keep_ratio=case.keep_ratio,
+                                                             svd_rank=case.svd_rank, score=case.score)})
+    warm = p["warm"]
     exact_layers = dict((n, m) for n, m in exact_model.named_modules() if isinstance(m, core.CELoRALinear))
     approx_layers = dict((n, m) for n, m in approx_model.named_modules() if isinstance(m, core.CELoRALinear))
     with torch.no_grad():
-        for n, (x, gy, A, B) in cap["steps"][warm].items():
+        for n, (A, B) in cap["lora"][warm].items():
             for layers in (exact_layers, approx_layers):
                 layers[n].lora_A.copy_(A)
                 layers[n].lora_B.copy_(B)
-    x = text_task.windows(t.train, BATCH, SEQ, torch.Generator().manual_seed(7))
+    x = text_task.windows(t.train, batch, seq, torch.Generator().manual_seed(7))
     for m in (exact_model, approx_model):
         m.train()
         m(input_ids=x, labels=x).loss.backward()
@@ -175,14 +238,38 @@ def run_propagation(case: Case, ctx: Context) -> list[Row]:
         proj, layer = _short(n)
         for which in ("A", "B"):
             rel, cos = _rel_cos(getattr(ap, f"lora_{which}").grad, getattr(ex, f"lora_{which}").grad)
-            rows.append(Row(case, f"{proj}/L{layer}/G_{which}",
+            rows.append(Row(case, f"{proj}/L{layer}/G_{which}", note=weights_label(case),
                             extra={"rel_error": rel, "cosine": cos, "module": proj, "layer": layer,
                                    "grad": f"G_{which}"}))
     return rows
 
 
+SPECTRUM_RANKS = (1, 2, 4, 8, 14, 16, 28, 32, 64, 128, 256)
+
+
+def run_spectrum(case: Case, ctx: Context) -> list[Row]:
+    """Per W0: energy share of the top r singular values, sum_{i<=r} s_i^2 / sum_i s_i^2, at r0 = balanced,
+    2 x balanced and at SPECTRUM_RANKS (for the plot)."""
+    cap = captures(case)
+    rows = []
+    bal = case.svd_rank
+    for name, W0 in cap["weights"].items():
+        proj, layer = _short(name)
+        s2 = torch.linalg.svdvals(W0.double()).square()                  # (min(m, n),), descending
+        cum = (s2.cumsum(0) / s2.sum()).tolist()
+
+        def share(r):
+            return cum[min(r, len(cum)) - 1]
+        rows.append(Row(case, f"{proj}/L{layer}/spectrum", note=weights_label(case),
+                        extra={"module": proj, "layer": layer, "m": W0.shape[0], "n": W0.shape[1],
+                               "energy_r0": share(bal), "energy_2r0": share(2 * bal), "r0": bal,
+                               "ranks": list(SPECTRUM_RANKS), "energy": [share(r) for r in SPECTRUM_RANKS]}))
+    return rows
+
+
 def run_case(case: Case, ctx: Context) -> list[Row]:
-    return run_propagation(case, ctx) if case.param("kind") == "propagation" else run_gx(case, ctx)
+    kind = case.param("kind")
+    return {"propagation": run_propagation, "spectrum": run_spectrum}.get(kind, run_gx)(case, ctx)
 
 
 # ---- verdict ----------------------------------------------------------------------------
@@ -228,7 +315,15 @@ def verdict(rows: list[Row]) -> list[Check]:
             by_module[r.extra["module"]].append(r.extra["rel_error"])
     for mod, vals in sorted(by_module.items()):
         checks.append(Check("4. G_x error by module type", f"{mod}, p=0.5, r0={bal}", "mean rel. error",
-                            statistics.fmean(vals), "reported", "INFO"))
+                            statistics.fmean(vals), "reported", "INFO", kind="info"))
+    for s in spectra(rows):
+        checks.append(Check("6. W0 spectrum: why double-LoRA helps where it does",
+                            f"{s['module']}, {s['layers']} blocks", f"energy share in the top {bal}", s["energy_r0"],
+                            "reported", "INFO",
+                            f"top {2 * bal}: {s['energy_2r0']:.3f}" + (
+                                f"; G_x rel. error at p=0.5: r0=0 {s['err0']:.4f} → r0={bal} {s['errb']:.4f} "
+                                f"({(s['errb'] / s['err0'] - 1) * 100:+.1f}%)" if s.get("errb") else ""),
+                            kind="info"))
     for p in sorted({r.case.keep_ratio for r in prop}):
         for which in ("G_A", "G_B"):
             vals = [(r.extra["layer"], r.extra["rel_error"], r.extra["cosine"]) for r in prop
@@ -246,9 +341,52 @@ def verdict(rows: list[Row]) -> list[Check]:
     return checks
 
 
+def spectra(rows: list[Row]) -> list[dict]:
+    """Per module type: mean energy shares of the top r0 and 2 r0 over layers, and the mean G_x error at
+    p=0.5, product score, fresh index, with r0 = 0, balanced and 2 x balanced (where measured)."""
+    spec = [r for r in rows if r.case.param("kind") == "spectrum"]
+    gx = [r for r in rows if r.case.param("kind") == "gx"]
+    out = []
+    for mod in [m for m in PROJECTIONS if any(r.extra["module"] == m for r in spec)]:
+        rs = [r for r in spec if r.extra["module"] == mod]
+        d = {"module": mod, "layers": len(rs), "r0": rs[0].extra["r0"], "m": rs[0].extra["m"], "n": rs[0].extra["n"],
+             "energy_r0": statistics.fmean(r.extra["energy_r0"] for r in rs),
+             "energy_2r0": statistics.fmean(r.extra["energy_2r0"] for r in rs)}
+        for tag, r0 in (("err0", 0), ("errb", d["r0"]), ("err2", 2 * d["r0"])):
+            d[tag] = _mean_err(gx, keep_ratio=0.5, svd_rank=r0, score="product", staleness=0, module=mod)
+        out.append(d)
+    return out
+
+
+def spectra_table(rows: list[Row]):
+    """W0 spectrum per module type beside the G_x error it leaves, or None without spectrum rows."""
+    from rich.table import Table
+    sp = spectra(rows)
+    if not sp:
+        return None
+    label = weights_label(next(r.case for r in rows if r.case.param("kind") == "spectrum"))
+    r0 = sp[0]["r0"]
+    t = Table(title=f"approx-error: W0 singular-value spectrum, {label}",
+              caption="energy share = Σ_(i≤r) s_i² / Σ s_i², mean over blocks; G_x error at p=0.5, product "
+                      "score, fresh index", caption_justify="left")
+    for col in ("module", "m x n", "blocks", f"energy top {r0}", f"energy top {2 * r0}", "G_x err r0=0",
+                f"G_x err r0={r0}", f"G_x err r0={2 * r0}", f"change r0=0→{r0}"):
+        t.add_column(col, justify="left" if col == "module" else "right")
+
+    def f(v):
+        return "—" if v is None else f"{v:.4f}"
+    for d in sp:
+        t.add_row(d["module"], f"{d['m']}x{d['n']}", str(d["layers"]), f"{d['energy_r0']:.3f}",
+                  f"{d['energy_2r0']:.3f}", f(d["err0"]), f(d["errb"]), f(d["err2"]),
+                  f"{(d['errb'] / d['err0'] - 1) * 100:+.1f}%" if d["err0"] and d["errb"] else "—")
+    return t
+
+
 def summary_table(rows: list[Row]):
     from rich.table import Table
-    t = Table(title="approx-error: mean over modules and layers (fresh index unless stated)",
+    rows = [r for r in rows if r.case.param("kind") != "spectrum"]
+    label = weights_label(rows[0].case) if rows else ""
+    t = Table(title=f"approx-error: mean over modules and layers (fresh index unless stated), {label}",
               caption="relative error ‖Ĝ − G‖/‖G‖ and cosine of G_x (exact LoRA part included), "
                       "or of G_A/G_B after a full backward", caption_justify="left")
     for col in ("kind", "p", "r0", "score", "staleness", "mean rel. error", "mean cosine", "rows"):
@@ -271,9 +409,13 @@ def plot(rows: list[Row], out_dir: str) -> list[str]:
 
     from celora_bench.plot import save
     gx = [r for r in rows if r.case.param("kind") == "gx" and r.extra.get("staleness") == 0]
+    paths = spectrum_plot(rows, out_dir)
     if not gx:
-        return []
+        return paths
+    model = gx[0].case.model
+    tag = "" if model == "tiny-byte" else f"-{model}"
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig.suptitle(f"approx-error: {weights_label(gx[0].case)}", fontsize=10)
     series = defaultdict(lambda: defaultdict(list))
     for r in gx:
         series[(r.case.svd_rank, r.case.score)][r.case.keep_ratio].append(r.extra["rel_error"])
@@ -298,4 +440,32 @@ def plot(rows: list[Row], out_dir: str) -> list[str]:
     axes[1].set_title(f"index staleness (r0={bal}, product score)")
     axes[1].legend(fontsize=8)
     axes[1].grid(alpha=0.3)
-    return [save(fig, out_dir, "approx-error.png")]
+    return paths + [save(fig, out_dir, f"approx-error{tag}.png")]
+
+
+def spectrum_plot(rows: list[Row], out_dir: str) -> list[str]:
+    """Cumulative energy share of W0's singular values against rank, mean over blocks, per module type."""
+    import matplotlib.pyplot as plt
+
+    from celora_bench.plot import save
+    spec = [r for r in rows if r.case.param("kind") == "spectrum"]
+    if not spec:
+        return []
+    case = spec[0].case
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mod in [m for m in PROJECTIONS if any(r.extra["module"] == m for r in spec)]:
+        rs = [r for r in spec if r.extra["module"] == mod]
+        ranks = rs[0].extra["ranks"]
+        mean = [statistics.fmean(r.extra["energy"][i] for r in rs) for i in range(len(ranks))]
+        ax.plot(ranks, mean, "o-", ms=3, label=f"{mod} {rs[0].extra['m']}x{rs[0].extra['n']}")
+    for r0, ls in ((case.svd_rank, "--"), (2 * case.svd_rank, ":")):
+        ax.axvline(r0, color="k", ls=ls, lw=0.8, label=f"r0={r0}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("rank r")
+    ax.set_ylabel("energy share Σ_(i≤r) s_i² / Σ s_i²")
+    ax.set_title(f"W0 spectra, mean over {len(spec) // max(1, len({r.extra['module'] for r in spec}))} blocks: "
+                 f"{weights_label(case)}", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    tag = "" if case.model == "tiny-byte" else f"-{case.model}"
+    return [save(fig, out_dir, f"approx-error-spectrum{tag}.png")]

@@ -2,13 +2,31 @@
 
 A pretrained model (suites/text_task.py) is LoRA fine-tuned on held-in text
 and evaluated on held-out text. Every arm sees the same seeds and the same
-data order. Arms: LoRA; CE-LoRA preset "paper"; every projection sampled;
-No-Sample-K and No-Sample-V (K or V left dense, as in the paper); svd_rank 0
-(no double-LoRA); tau 1 and 50 (the paper preset's is 200); score residual_norm.
+data order. Arms: LoRA; CE-LoRA preset "paper" (tau 200); every projection
+sampled at p=0.5; No-Sample-K and No-Sample-V (K or V left dense, as in the
+paper); svd_rank 0 (no double-LoRA); tau 1 and 50 (tiny-byte) or 50 and 1000
+(real weights); score residual_norm.
+
+--model smollm2-135m: SmolLM2-135M-Instruct (real weights, Q4_1 dequantized to
+fp32) on two tasks: "lm", held-out pydoc topics (eval loss), and "arith", the
+generated word problems of suites/arith_task.py (exact-match accuracy of greedy
+answers on held-out problems). Full mode (sized for a GPU; a CPU overnight):
+3 seeds, 300 steps, 8 x 128 tokens (lm) or 16 problems (arith) per step, LoRA on
+all 30 blocks, 500 test problems. Quick mode is a smoke run for a 2-core CPU:
+1 seed, 4 steps of 2 x 64 tokens or 4 problems, LoRA on blocks 28 and 29 only,
+one eval batch, 16 test problems: it shows that every arm runs, not how they compare.
+
+Verdict per arm: Δ = arm - LoRA of the final metric, paired by seed (same seed,
+same data), mean ± t(0.975, n-1)·SE over seeds. PASS when the whole interval lies
+within ±tolerance (1% of LoRA's eval loss; 1 accuracy point), FAIL when it lies
+wholly outside, NOISE otherwise; one seed gives no interval (INFO, smoke run).
+The step-0 evaluation is shared by the arms of a seed: LoRA's B starts at zero, so
+every arm's model equals the pretrained one there.
 """
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 from dataclasses import replace
@@ -19,17 +37,31 @@ import core
 from celora_bench import distributed
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Check, Context, Options
-from suites import text_task
+from suites import arith_task, pretrained, text_task
 from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ
 
 NAME = "convergence"
 DISTRIBUTED = True             # runs under torchrun with DDP: each rank its own data, losses averaged
+FSDP = True                    # or, with --fsdp, sharded by FSDP2 (distributed.wrap)
 DESCRIPTION = "Train/eval loss curves of LoRA vs CE-LoRA and ablations on real text, several seeds"
 P_ALL = 0.5
-ARMS = ("lora", "paper", "all", "no-sample-k", "no-sample-v", "svd0", "tau1", "tau50", "residual_norm")
+ARMS = ("lora", "paper", "all", "no-sample-k", "no-sample-v", "svd0", "tau1", "tau50", "tau1000", "residual_norm")
+TINY_ARMS = tuple(a for a in ARMS if a != "tau1000")
+REAL_ARMS = tuple(a for a in ARMS if a != "tau1")       # tau in {50, 200 (paper), 1000}
+TASKS = ("lm", "arith")
+LOSS_TOL = 0.01          # of LoRA's mean final eval loss
+ACC_TOL = 1.0            # accuracy points
+ARITH_POOL = 5000        # training problems drawn from (seeded order per seed)
 
 
-def _sizes(mode: str):
+def _sizes(mode: str, model: str = "tiny-byte"):
+    real = model in pretrained.PRETRAINED
+    if mode == "quick" and real:        # smoke run on a 2-core CPU: see the module docstring
+        return dict(steps=4, eval_every=4, eval_batches=1, seeds=(0,), batch=2, seq=64, layers="28,29",
+                    arith_batch=4, test_n=16)
+    if real:
+        return dict(steps=300, eval_every=25, eval_batches=8, seeds=(0, 1, 2), batch=BATCH, seq=SEQ, layers="all",
+                    arith_batch=16, test_n=500)
     if mode == "quick":
         return dict(steps=60, eval_every=15, eval_batches=4, seeds=(0, 1, 2))
     return dict(steps=300, eval_every=25, eval_batches=8, seeds=(0, 1, 2, 3, 4))
@@ -49,7 +81,7 @@ def plan(arm: str) -> dict:
     if arm == "svd0":
         return core.preset("paper", svd_rank=0, **kw)
     p = core.preset("paper", **kw)
-    if arm in ("tau1", "tau50"):
+    if arm in ("tau1", "tau50", "tau1000"):
         return {k: replace(v, tau=int(arm[3:])) for k, v in p.items()}
     if arm == "residual_norm":
         return {k: replace(v, score="residual_norm") for k, v in p.items()}
@@ -58,14 +90,44 @@ def plan(arm: str) -> dict:
     raise ValueError(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
 
 
+def model_of(opts: Options) -> str:
+    """The case's model: "local" (--model-path), tiny-byte (default) or a registry model with real weights."""
+    if opts.model_path:
+        return "local"
+    name = opts.model or "tiny-byte"
+    if name != "tiny-byte" and name not in pretrained.PRETRAINED:
+        raise ValueError(f"--model {name!r}: this suite fine-tunes trained weights; allowed: tiny-byte, "
+                         f"{', '.join(pretrained.PRETRAINED)} (or --model-path)")
+    return name
+
+
+def weights_label(case: Case) -> str:
+    if case.model in pretrained.PRETRAINED:
+        return pretrained.label(case.model)
+    return f"local checkpoint {case.param('path')}" if case.model == "local" else "tiny-byte (pretrained here)"
+
+
 def cases(opts: Options) -> list[Case]:
-    sz = _sizes(opts.mode)
-    model = "local" if opts.model_path else "tiny-byte"
+    model = model_of(opts)
+    sz = _sizes(opts.mode, model)
+    real = model in pretrained.PRETRAINED
     extra = tuple((k, v) for k, v in (("data", opts.data), ("path", opts.model_path)) if v)
-    return [Case(NAME, arm, model, "all", 0, 0, BATCH * SEQ, RANK, dtype=opts.dtype, device=opts.device,
-                 params=tuple(sorted((("seed", seed), ("steps", sz["steps"]), ("eval_every", sz["eval_every"]),
-                                      ("eval_batches", sz["eval_batches"])) + extra)))
-            for seed in sz["seeds"] for arm in ARMS]
+    extra += tuple((k, sz[k]) for k in ("batch", "seq", "layers") if k in sz)
+    extra += (("fsdp", True),) if opts.fsdp else ()
+    base = (("seed", None), ("steps", sz["steps"]), ("eval_every", sz["eval_every"]),
+            ("eval_batches", sz["eval_batches"]))
+    out = []
+    for task in (TASKS if real and not opts.data else ("lm",)):
+        t_extra = (("task", task),) if real else ()
+        if task == "arith":
+            t_extra += (("arith_batch", sz["arith_batch"]), ("test_n", sz["test_n"]))
+        tokens = sz["arith_batch"] if task == "arith" else sz.get("batch", BATCH) * sz.get("seq", SEQ)
+        for seed in sz["seeds"]:
+            for arm in (REAL_ARMS if real else TINY_ARMS):
+                params = tuple((k, seed if k == "seed" else v) for k, v in base) + extra + t_extra
+                out.append(Case(NAME, arm, model, "all", 0, 0, tokens, RANK, dtype=opts.dtype, device=opts.device,
+                                params=tuple(sorted(params))))
+    return out
 
 
 def _mean_over_ranks(loss: torch.Tensor) -> float:
@@ -84,27 +146,67 @@ def _eval(model, batches) -> float:
     return loss
 
 
+_STEP0: dict[tuple, float] = {}
+_POOL: list = []
+
+
+def _task(case: Case):
+    p = dict(case.params)
+    return text_task.task(p.get("path"), p.get("data"),
+                          model=case.model if case.model in pretrained.PRETRAINED else None)
+
+
+def _batches(case: Case, t, device):
+    """Training batches as model(**kwargs): random text windows (lm) or arithmetic problems (arith), in an
+    order fixed by the seed (the same in every arm); each data-parallel rank its own stream."""
+    p = dict(case.params)
+    if p.get("task", "lm") == "arith":
+        if not _POOL:
+            _POOL.extend(arith_task.problems("train", ARITH_POOL, seed=0))
+        rng = random.Random(p["seed"] * 1000 + distributed.rank())
+        while True:
+            ids, mask, labels = arith_task.batch(t.tokens.tokenizer, rng.sample(_POOL, p["arith_batch"]))
+            yield dict(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
+    g = torch.Generator().manual_seed(p["seed"] * 1000 + distributed.rank())
+    while True:
+        x = text_task.windows(t.train, p.get("batch", BATCH), p.get("seq", SEQ), g).to(device)
+        yield dict(input_ids=x, labels=x)
+
+
+def _evaluate(case: Case, t, model, device) -> float:
+    """Held-out eval loss (lm), or exact-match accuracy in % of greedy answers to held-out problems (arith)."""
+    p = dict(case.params)
+    if p.get("task", "lm") == "arith":
+        tests = arith_task.problems("test", p["test_n"], seed=0)
+        return 100.0 * arith_task.accuracy(getattr(model, "module", model), t.tokens.tokenizer, tests)
+    evals = [b.to(device) for b in t.eval_batches(p.get("batch", BATCH), p.get("seq", SEQ), p["eval_batches"])]
+    return _eval(model, evals)
+
+
 def run_case(case: Case, ctx: Context) -> list[Row]:
     p = dict(case.params)
-    t = text_task.task(p.get("path"), p.get("data"))
+    t = _task(case)
+    task = p.get("task", "lm")
     device = distributed.local_device(case.device)
     torch.manual_seed(p["seed"])                       # the LoRA init (the same on every rank)
     model = t.model().to(device)
-    core.convert(model, plan(case.provider))
+    core.convert(model, text_task.on_layers(plan(case.provider), p.get("layers", "all")))
+    if distributed.active():                           # before the optimizer: FSDP2 replaces the parameters
+        model = distributed.wrap(model, "fsdp" if p.get("fsdp") else "ddp")
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR)
     core.attach_optimizer(opt, model)
-    if distributed.active():
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    # the same data order in every arm; each data-parallel rank its own stream
-    data = torch.Generator().manual_seed(p["seed"] * 1000 + distributed.rank())
-    evals = [b.to(device) for b in t.eval_batches(BATCH, SEQ, p["eval_batches"])]
-    train_steps, train_loss, eval_steps, eval_loss, step_s = [], [], [0], [_eval(model, evals)], []
+    batches = _batches(case, t, device)
+    key = (case.model, p.get("path"), p.get("data"), task, p.get("batch"), p.get("seq"), p["eval_batches"],
+           p.get("test_n"), case.device, case.dtype)
+    if key not in _STEP0:                              # B = 0 at step 0: every arm is the pretrained model
+        _STEP0[key] = _evaluate(case, t, model, device)
+    train_steps, train_loss, eval_steps, eval_vals, step_s = [], [], [0], [_STEP0[key]], []
     model.train()
     for step in range(1, p["steps"] + 1):
-        x = text_task.windows(t.train, BATCH, SEQ, data).to(device)
+        batch = next(batches)
         t0 = time.perf_counter()
-        loss = model(input_ids=x, labels=x).loss
+        loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -115,25 +217,46 @@ def run_case(case: Case, ctx: Context) -> list[Row]:
         train_loss.append(_mean_over_ranks(loss.detach()))
         if step % p["eval_every"] == 0 or step == p["steps"]:
             eval_steps.append(step)
-            eval_loss.append(_eval(model, evals))
+            eval_vals.append(_evaluate(case, t, model, device))
     refreshes = sum(m.refresh_count for m in core.celora_modules(model))   # DDP's .module is found too
+    metric = "accuracy" if task == "arith" else "eval_loss"
+    note = weights_label(case)
     return [
-        Row(case, "train_loss", extra={"steps": train_steps, "values": train_loss}),
-        Row(case, "eval_loss", extra={"steps": eval_steps, "values": eval_loss}),
+        Row(case, "train_loss", note=note, extra={"steps": train_steps, "values": train_loss}),
+        Row(case, "eval_accuracy" if task == "arith" else "eval_loss", note=note,
+            extra={"steps": eval_steps, "values": eval_vals}),
         Row(case, "step", tuple(step_s), note="seconds per training step (forward, backward, optimizer)"),
-        Row(case, "final", extra={"eval_loss": eval_loss[-1], "train_loss": statistics.fmean(train_loss[-10:]),
-                                  "refreshes": refreshes}),
+        Row(case, "final", note=note, extra={"task": task, "metric": metric, metric: eval_vals[-1],
+                                             "train_loss": statistics.fmean(train_loss[-10:]),
+                                             "refreshes": refreshes}),
     ]
 
 
 # ---- verdict ---------------------------------------------------------------------------
 
-def finals(rows: list[Row]) -> dict[str, dict[int, float]]:
-    """arm -> seed -> final eval loss."""
+# t(0.975, df) for df = 1..10; above, the Cornish-Fisher expansion about z = 1.959964
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def t975(df: int) -> float:
+    """Two-sided 95% Student t quantile."""
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
+
+
+def _task_of(r: Row) -> str:
+    return r.case.param("task", "lm")
+
+
+def finals(rows: list[Row], task: str = "lm") -> dict[str, dict[int, float]]:
+    """arm -> seed -> final metric of the task (eval loss for lm, accuracy % for arith)."""
     out: dict[str, dict[int, float]] = {}
     for r in rows:
-        if r.component == "final":
-            out.setdefault(r.case.provider, {})[r.case.param("seed")] = r.extra["eval_loss"]
+        if r.component == "final" and _task_of(r) == task:
+            out.setdefault(r.case.provider, {})[r.case.param("seed")] = r.extra[r.extra.get("metric", "eval_loss")]
     return out
 
 
@@ -150,59 +273,106 @@ def _paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int
     return statistics.fmean(d), statistics.stdev(d) / math.sqrt(len(d)), len(d)
 
 
+def delta(a: dict[int, float], b: dict[int, float]) -> tuple[float, float | None, float | None, int]:
+    """Paired Δ = a - b: mean, and the interval mean ± t(0.975, n-1)·SE (None with fewer than 2 seeds)."""
+    md, se, n = _paired(a, b)
+    if n < 2:
+        return md, None, None, n
+    h = t975(n - 1) * se
+    return md, md - h, md + h, n
+
+
+def within(lo: float | None, hi: float | None, tol: float) -> str:
+    """PASS: the interval lies within ±tol; FAIL: wholly outside it; NOISE: it straddles a line."""
+    if lo is None:
+        return "INFO"
+    if -tol <= lo and hi <= tol:
+        return "PASS"
+    return "FAIL" if hi < -tol or lo > tol else "NOISE"
+
+
+def _smoke(rows: list[Row]) -> bool:
+    seeds = {r.case.param("seed") for r in rows}
+    return len(seeds) < 3
+
+
 def verdict(rows: list[Row]) -> list[Check]:
-    """Within 1% of LoRA's final eval loss is the pass line; the paired SE says whether a gap is measurable."""
-    f = finals(rows)
+    """Per arm and task: Δ vs LoRA, paired over seeds, judged against ±tolerance (see the module docstring)."""
     checks = []
-    lora = f.get("lora", {})
-    for arm in [a for a in ARMS if a in f and a != "lora"]:
-        md, se, n = _paired(f[arm], lora)
-        if n < 2:
+    smoke = _smoke(rows)
+    for task in [k for k in TASKS if any(_task_of(r) == k for r in rows)]:
+        f = finals(rows, task)
+        lora = f.get("lora", {})
+        if not lora:
             continue
-        tol = 0.01 * statistics.fmean(lora.values())
-        measurable = abs(md) > 2 * se
-        m, s_ = _msd(list(f[arm].values()))
-        lm, ls = _msd(list(lora.values()))
-        paper = arm == "paper"
-        checks.append(Check("1. final eval loss vs LoRA" if paper else "2. ablation vs LoRA", f"{arm}, {n} seeds",
-                            "Δ eval loss (paired mean)", md, f"<= {tol:.4f} (1% of LoRA)" if paper else "reported",
-                            ("PASS" if md <= tol else "FAIL") if paper else "INFO",
-                            f"{arm} {m:.4f} ± {s_:.4f}, LoRA {lm:.4f} ± {ls:.4f}; paired SE {se:.4f}: "
-                            + ("a measurable gap" if measurable else "within seed noise")))
-    means = {a: statistics.fmean(v.values()) for a, v in f.items() if v}
-    if means:
-        order = " < ".join(f"{a} {means[a]:.4f}" for a in sorted(means, key=means.get))
-        checks.append(Check("3. ablation order (final eval loss, lower is better)", "all arms", "order", None,
-                            "reported", "INFO", order))
-    for arm, proj in (("no-sample-k", "K"), ("no-sample-v", "V")):
-        if arm in f and "all" in f:
-            md, se, n = _paired(f[arm], f["all"])
-            if n < 2:
-                continue
-            if abs(md) <= 2 * se:
-                said = "no measurable difference (|Δ| <= 2·SE): neither confirms nor refutes the paper"
-            else:
-                said = "matches the paper's claim" if md < 0 else "contradicts the paper's claim"
-            checks.append(Check("4. paper: sampling K or V hurts more", f"No-Sample-{proj} vs all sampled",
-                                "Δ eval loss (paired)", md, "< 0 in the paper", "INFO", f"SE {se:.4f}: {said}"))
+        acc = task == "arith"
+        tol = ACC_TOL if acc else LOSS_TOL * statistics.fmean(lora.values())
+        unit = "accuracy points" if acc else "nats/token"
+        metric = "Δ accuracy (points, paired mean)" if acc else "Δ eval loss (paired mean)"
+        label = weights_label(next(r.case for r in rows if _task_of(r) == task))
+        for arm in [a for a in ARMS if a in f and a != "lora"]:
+            md, lo, hi, n = delta(f[arm], lora)
+            m, s_ = _msd(list(f[arm].values()))
+            lm, ls = _msd(list(lora.values()))
+            status = within(lo, hi, tol)
+            side = "" if lo is None or status != "FAIL" else (
+                " (better than LoRA)" if (hi < -tol) != acc else " (worse than LoRA)")
+            iv = (f"smoke run ({n} seed{'s' * (n != 1)}): no interval" if lo is None
+                  else f"95% interval [{lo:+.4f}, {hi:+.4f}]{side}")
+            checks.append(Check(("1. vs LoRA: paper preset" if arm == "paper" else "2. vs LoRA: ablation")
+                                + f" [{task}]", f"{arm}, {n} seeds, {label}" + (", smoke run" if smoke else ""),
+                                metric, md, f"within ±{tol:.4g} {unit}", status,
+                                f"{iv}; {arm} {m:.4f} ± {s_:.4f}, LoRA {lm:.4f} ± {ls:.4f} (mean ± sd)",
+                                lo=lo, hi=hi, kind="measured"))
+        means = {a: statistics.fmean(v.values()) for a, v in f.items() if v}
+        order = " < ".join(f"{a} {means[a]:.4f}" for a in sorted(means, key=means.get, reverse=acc))
+        checks.append(Check(f"3. arm order [{task}]", "all arms" + (", smoke run" if smoke else ""),
+                            "order, best first", None, "reported", "INFO", order, kind="info"))
+        for arm, proj in (("no-sample-k", "K"), ("no-sample-v", "V")):
+            if arm in f and "all" in f:
+                md, lo, hi, n = delta(f[arm], f["all"])
+                if lo is None:
+                    said = "one seed: no interval (smoke run)"
+                elif lo <= 0 <= hi:
+                    said = "the interval holds 0: neither confirms nor refutes the paper"
+                else:
+                    better = (md > 0) if acc else (md < 0)
+                    said = "matches the paper's claim" if better else "contradicts the paper's claim"
+                checks.append(Check(f"4. paper: sampling K or V hurts more [{task}]",
+                                    f"No-Sample-{proj} vs all sampled", metric.replace("(", "vs all ("), md,
+                                    ("> 0" if acc else "< 0") + " in the paper", "INFO",
+                                    said + ("" if lo is None else f"; 95% interval [{lo:+.4f}, {hi:+.4f}]"),
+                                    lo=lo, hi=hi, kind="info"))
     return checks
 
 
 def summary_table(rows: list[Row]):
     from rich.table import Table
-    f = finals(rows)
-    t = Table(title="convergence: final losses over seeds", caption="mean ± sd over seeds; step time median ms",
-              caption_justify="left")
-    for col in ("arm", "seeds", "final eval loss", "final train loss (last 10)", "step ms", "refreshes/run"):
-        t.add_column(col, justify="left" if col == "arm" else "right")
-    for arm in [a for a in ARMS if a in f]:
-        fin = [r for r in rows if r.component == "final" and r.case.provider == arm]
-        steps = [x for r in rows if r.component == "step" and r.case.provider == arm for x in r.samples]
-        e, es = _msd([r.extra["eval_loss"] for r in fin])
-        tr, trs = _msd([r.extra["train_loss"] for r in fin])
-        t.add_row(arm, str(len(fin)), f"{e:.4f} ± {es:.4f}", f"{tr:.4f} ± {trs:.4f}",
-                  f"{statistics.median(steps) * 1e3:.1f}" if steps else "—",
-                  f"{statistics.fmean(r.extra['refreshes'] for r in fin):.0f}")
+    label = weights_label(rows[0].case) if rows else ""
+    seeds = sorted({r.case.param("seed") for r in rows})
+    steps = max((r.case.param("steps") for r in rows), default=0)
+    smoke = (f" — SMOKE RUN ({len(seeds)} seed{'s' * (len(seeds) != 1)}, {steps} steps): it shows every arm runs, "
+             f"not how they compare" if _smoke(rows) else "")
+    t = Table(title=f"convergence: final metrics over seeds, {label}{smoke}",
+              caption="mean ± sd over seeds; Δ vs LoRA paired by seed, 95% interval mean ± t·SE; "
+                      "lm: held-out eval loss (nats/token), arith: exact-match accuracy (%) of greedy answers "
+                      "on held-out problems; step time median ms", caption_justify="left")
+    for col in ("task", "arm", "seeds", "final", "Δ vs LoRA", "95% interval", "final train loss (last 10)",
+                "step ms", "refreshes/run"):
+        t.add_column(col, justify="left" if col in ("task", "arm") else "right")
+    for task in [k for k in TASKS if any(_task_of(r) == k for r in rows)]:
+        f = finals(rows, task)
+        for arm in [a for a in ARMS if a in f]:
+            fin = [r for r in rows if r.component == "final" and r.case.provider == arm and _task_of(r) == task]
+            st = [x for r in rows if r.component == "step" and r.case.provider == arm and _task_of(r) == task
+                  for x in r.samples]
+            e, es = _msd(list(f[arm].values()))
+            tr, trs = _msd([r.extra["train_loss"] for r in fin])
+            md, lo, hi, _ = delta(f[arm], f.get("lora", {})) if arm != "lora" else (None, None, None, 0)
+            t.add_row(task, arm, str(len(fin)), f"{e:.4f} ± {es:.4f}", "—" if md is None else f"{md:+.4f}",
+                      "—" if lo is None else f"[{lo:+.4f}, {hi:+.4f}]", f"{tr:.4f} ± {trs:.4f}",
+                      f"{statistics.median(st) * 1e3:.1f}" if st else "—",
+                      f"{statistics.fmean(r.extra['refreshes'] for r in fin):.0f}")
     return t
 
 
@@ -211,24 +381,35 @@ def plot(rows: list[Row], out_dir: str) -> list[str]:
     import numpy as np
 
     from celora_bench.plot import save
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ai, comp in enumerate(("train_loss", "eval_loss")):
-        ax = axes[ai]
-        for ci, arm in enumerate(a for a in ARMS if any(r.case.provider == a for r in rows)):
-            curves = [r.extra for r in rows if r.component == comp and r.case.provider == arm]
-            steps = curves[0]["steps"]
-            vals = np.array([c["values"] for c in curves if c["steps"] == steps])
-            if comp == "train_loss":     # smooth the noisy per-step loss over 5 steps
-                k = np.ones(5) / 5
-                vals = np.array([np.convolve(v, k, mode="valid") for v in vals])
-                steps = steps[4:]
-            mean, sd = vals.mean(0), vals.std(0)
-            ax.plot(steps, mean, label=arm, color=f"C{ci}", lw=1.2)
-            ax.fill_between(steps, mean - sd, mean + sd, color=f"C{ci}", alpha=0.15)
-        ax.set_title(("train loss (5-step mean)" if comp == "train_loss" else "held-out eval loss")
-                     + ", band = ±1 sd over seeds")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("cross-entropy, nats/token")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
-    return [save(fig, out_dir, "convergence-loss.png")]
+    paths = []
+    for task in [k for k in TASKS if any(_task_of(r) == k for r in rows)]:
+        trows = [r for r in rows if _task_of(r) == task]
+        evalc = "eval_accuracy" if task == "arith" else "eval_loss"
+        model = trows[0].case.model
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        smoke = ", smoke run" if _smoke(trows) else ""
+        fig.suptitle(f"convergence [{task}]: {weights_label(trows[0].case)}{smoke}", fontsize=10)
+        for ai, comp in enumerate(("train_loss", evalc)):
+            ax = axes[ai]
+            for ci, arm in enumerate(a for a in ARMS if any(r.case.provider == a for r in trows)):
+                curves = [r.extra for r in trows if r.component == comp and r.case.provider == arm]
+                steps = curves[0]["steps"]
+                vals = np.array([c["values"] for c in curves if c["steps"] == steps])
+                if comp == "train_loss" and len(steps) >= 10:     # smooth the noisy per-step loss over 5 steps
+                    k = np.ones(5) / 5
+                    vals = np.array([np.convolve(v, k, mode="valid") for v in vals])
+                    steps = steps[4:]
+                mean, sd = vals.mean(0), vals.std(0)
+                ax.plot(steps, mean, label=arm, color=f"C{ci}", lw=1.2, marker="o" if len(steps) < 10 else None,
+                        ms=3)
+                ax.fill_between(steps, mean - sd, mean + sd, color=f"C{ci}", alpha=0.15)
+            title = {"train_loss": "train loss" + (" (5-step mean)" if len(steps) >= 10 else ""),
+                     "eval_loss": "held-out eval loss", "eval_accuracy": "held-out exact-match accuracy"}[comp]
+            ax.set_title(title + ", band = ±1 sd over seeds", fontsize=9)
+            ax.set_xlabel("optimizer step")
+            ax.set_ylabel("accuracy, %" if comp == "eval_accuracy" else "cross-entropy, nats/token")
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=8)
+        tag = ("" if model == "tiny-byte" else f"-{model}") + ("" if task == "lm" else f"-{task}")
+        paths.append(save(fig, out_dir, f"convergence-loss{tag}.png"))
+    return paths

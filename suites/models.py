@@ -32,6 +32,7 @@ MODELS = {m.name: m for m in [
     ModelShape("llama-3.1-8b", "llama", 4096, 14336, 32, 8, 128, 32, 128256),
     ModelShape("qwen2.5-0.5b", "qwen2", 896, 4864, 14, 2, 64, 24, 151936),
     ModelShape("qwen2.5-7b", "qwen2", 3584, 18944, 28, 4, 128, 28, 152064),
+    ModelShape("smollm2-135m", "llama", 576, 1536, 9, 3, 64, 30, 49152),   # real weights: suites/pretrained.py
 ]}
 
 
@@ -55,10 +56,16 @@ def hf_config(shape: ModelShape, attn: str = "sdpa"):
 
 
 def build_model(name: str, dtype=None, attn: str = "sdpa", seed: int = 0, path: str | None = None):
-    """A causal LM: random init from the named shapes, or loaded from a local checkpoint folder."""
+    """A causal LM: random init from the named shapes, or loaded from a local checkpoint folder.
+
+    A model with real weights in the registry (suites/pretrained.py, e.g. smollm2-135m) is loaded from
+    the cache, fetched on first use."""
     import torch
     import transformers
 
+    from suites import pretrained
+    if path is None and name in pretrained.PRETRAINED:
+        return pretrained.load(name, dtype=dtype, attn=attn)
     if path is not None:
         return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
                                                                  attn_implementation=attn, local_files_only=True)

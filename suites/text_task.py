@@ -3,12 +3,16 @@
 Pretraining text: the Python standard library's source. Fine-tuning text:
 Python's documentation prose (pydoc_data.topics), split into train and
 held-out eval. Both ship with every Python. Tokens are bytes (vocabulary 256).
-The small model is pretrained once, deterministically, and cached. Users pass
+The small model is pretrained once, deterministically, and cached. With
+model="smollm2-135m" the model is SmolLM2-135M-Instruct (real weights, Q4_1
+dequantized to fp32, suites/pretrained.py) and the text is tokenized by its
+own tokenizer. Users pass
 --model-path (a local transformers checkpoint with its tokenizer) and --data
 (plain text, or JSONL in the LLM-Adapters instruction/input/output format).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from suites import models
+from suites import models, pretrained
 
 PRETRAIN_STEPS = 300
 PRETRAIN_BATCH, PRETRAIN_SEQ, PRETRAIN_LR = 16, 128, 2e-3
@@ -85,6 +89,8 @@ class Tokens:
     def __call__(self, data: bytes) -> torch.Tensor:
         if self.tokenizer is None:
             return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()           # "sequence longer than the model's maximum": windows are cut later
         return torch.tensor(self.tokenizer(data.decode("utf-8", "replace"))["input_ids"], dtype=torch.long)
 
 
@@ -138,11 +144,16 @@ class Task:
     train: torch.Tensor
     eval: torch.Tensor
     source: str
+    model_name: str = "tiny-byte"      # a registry model with real weights (suites/pretrained.py) is kept loaded
+    label: str = "tiny-byte (pretrained here on the stdlib source)"
 
     def model(self, dtype=torch.float32):
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()          # "Loading weights" bars, once per arm and seed
-        m = models.build_model("tiny-byte", path=self.model_path, dtype=dtype, attn="sdpa")
+        if self.model_name in pretrained.PRETRAINED:
+            m = copy.deepcopy(_base(self.model_name)).to(dtype)      # loaded once, copied per arm and seed
+        else:
+            m = models.build_model("tiny-byte", path=self.model_path, dtype=dtype, attn="sdpa")
         m.config.use_cache = False
         return m
 
@@ -151,15 +162,30 @@ class Task:
         return [windows(self.eval, batch, seq, g) for _ in range(n)]
 
 
+_BASES: dict[str, torch.nn.Module] = {}
+
+
+def _base(name: str):
+    """The registry model's fp32 weights, loaded once per process."""
+    if name not in _BASES:
+        _BASES[name] = pretrained.load(name)
+    return _BASES[name]
+
+
 _TASKS: dict[tuple, Task] = {}
 
 
-def task(model_path: str | None = None, data: str | None = None) -> Task:
-    """The fine-tuning task: the cached pretrained tiny model on pydoc prose, or the user's model and data."""
-    key = (model_path, data)
+def task(model_path: str | None = None, data: str | None = None, model: str | None = None) -> Task:
+    """The fine-tuning task: the cached pretrained tiny model on pydoc prose, a registry model with real
+    weights (model="smollm2-135m", its own tokenizer), or the user's model and data."""
+    key = (model_path, data, model)
     if key in _TASKS:
         return _TASKS[key]
-    if model_path is None:
+    name, label = "tiny-byte", "tiny-byte (pretrained here on the stdlib source)"
+    if model_path is None and model in pretrained.PRETRAINED:
+        path, tokens = pretrained.fetch(model), Tokens(pretrained.tokenizer(model))
+        name, label = model, pretrained.label(model)
+    elif model_path is None:
         path, tokens = pretrained_tiny(), Tokens()
     else:
         from transformers import AutoTokenizer
@@ -167,10 +193,18 @@ def task(model_path: str | None = None, data: str | None = None) -> Task:
             tok = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         except (OSError, ValueError) as e:
             raise ValueError(f"--model-path {model_path!r}: no tokenizer there ({type(e).__name__})") from None
-        path, tokens = model_path, Tokens(tok)
+        path, tokens, label = model_path, Tokens(tok), f"local checkpoint {model_path}"
     text = read_user_data(data) if data else pydoc_prose()
     ids = tokens(text)
     cut = int(len(ids) * (1 - EVAL_FRACTION))
-    t = Task(path, tokens, ids[:cut], ids[cut:], data or "pydoc_data.topics")
+    t = Task(path, tokens, ids[:cut], ids[cut:], data or "pydoc_data.topics", name, label)
     _TASKS[key] = t
     return t
+
+
+def on_layers(plan: dict, layers: str) -> dict:
+    """A conversion plan (pattern -> config) restricted to the given decoder blocks ("all" or "0,15,29"):
+    pattern "*v_proj" becomes "*.layers.<i>.*v_proj" for each i; other blocks keep their frozen Linear."""
+    if layers == "all":
+        return dict(plan)
+    return {f"*.layers.{int(i)}.*{pat.lstrip('*')}": cfg for i in layers.split(",") for pat, cfg in plan.items()}

@@ -1,12 +1,13 @@
 """Accuracy suites: offline data, gradient error against float references, a short convergence run."""
 import json
 import math
+import re
 
 import pytest
 
-from celora_bench.cases import Case
+from celora_bench.cases import Case, Row
 from celora_bench.suite import Context, Options, budget_for
-from suites import approx_error, convergence, text_task
+from suites import approx_error, arith_task, convergence, text_task
 
 CTX = Context(budget_for("quick"), 2, Options())
 
@@ -78,3 +79,120 @@ def test_arms_differ_only_where_they_should():
     assert convergence.plan("residual_norm")["*up_proj"].score == "residual_norm"
     with pytest.raises(ValueError, match="unknown arm"):
         convergence.plan("fast")
+
+
+# ---- arithmetic task, verdict intervals, layer plans, spectra ---------------------------------
+
+def _answer_from_words(q: str) -> int:
+    """The answer read back from the question's words (an independent reading of the templates)."""
+    nums = [int(x) for x in re.findall(r"\d+", q)]
+    if "in each box" in q:
+        return nums[0] * nums[1]
+    if "shared equally" in q:
+        return nums[0] // nums[1]
+    if "more and then gives" in q:
+        return nums[0] + nums[1] - nums[2]
+    if "more" in q:
+        return nums[0] + nums[1]
+    return nums[0] - nums[1]
+
+
+def test_arith_splits_are_disjoint_by_construction_and_answers_right():
+    train = arith_task.problems("train", 3000, seed=0) + arith_task.problems("train", 1000, seed=1)
+    test = arith_task.problems("test", 500, seed=0) + arith_task.problems("test", 300, seed=7)
+    assert not {p.key for p in train} & {p.key for p in test}
+    assert not {p.question for p in train} & {p.question for p in test}
+    assert all(arith_task.split_of(p.key) == "train" for p in train)
+    assert len({p.key for p in test[:500]}) == 500                       # no repeats within a draw
+    assert arith_task.problems("test", 50, seed=0) == test[:50]           # seeded
+    for p in train[:1000] + test:
+        assert p.answer == _answer_from_words(p.question) and p.answer >= 0
+    with pytest.raises(ValueError, match="split 'dev' is unknown"):
+        arith_task.problems("dev", 1, 0)
+
+
+class _CharTok:
+    """A character-level stand-in tokenizer: id = code point, eos = 0."""
+    eos_token_id = 0
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_arith_batch_trains_on_the_answer_only():
+    probs = arith_task.problems("train", 3, seed=0)
+    ids, mask, labels = arith_task.batch(_CharTok(), probs)
+    for i, p in enumerate(probs):
+        n = len(p.text()) + 1
+        assert mask[i].sum() == n and "".join(map(chr, ids[i, :n - 1].tolist())) == p.text()
+        kept = labels[i][labels[i] != -100].tolist()
+        assert kept == [ord(c) for c in f" {p.answer}"] + [0]
+    assert arith_task.first_int(" 42.\n7") == 42 and arith_task.first_int(" none") is None
+
+
+def test_t_quantile_and_interval_status():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 5, 10, 11, 20, 60):
+        assert convergence.t975(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=2e-3)
+    assert convergence.within(-0.5, 0.8, 1.0) == "PASS"
+    assert convergence.within(1.2, 3.0, 1.0) == "FAIL" and convergence.within(-3.0, -1.5, 1.0) == "FAIL"
+    assert convergence.within(0.5, 1.5, 1.0) == "NOISE" and convergence.within(None, None, 1.0) == "INFO"
+
+
+def _final(arm, seed, task, value):
+    case = Case("convergence", arm, "smollm2-135m", "all", 0, 0, 4, 16,
+                params=(("seed", seed), ("steps", 3), ("task", task)))
+    metric = "accuracy" if task == "arith" else "eval_loss"
+    return Row(case, "final", extra={"task": task, "metric": metric, metric: value, "train_loss": 1.0,
+                                     "refreshes": 0})
+
+
+def test_verdict_is_a_paired_interval_over_seeds():
+    lora = {0: 40.0, 1: 50.0, 2: 60.0}
+    rows = [_final("lora", s, "arith", v) for s, v in lora.items()]
+    rows += [_final("paper", s, "arith", v + d) for (s, v), d in zip(lora.items(), (0.1, -0.2, 0.1))]
+    rows += [_final("svd0", s, "arith", v - 10 + d) for (s, v), d in zip(lora.items(), (0.5, -0.5, 0.0))]
+    rows += [_final("all", s, "arith", v + d) for (s, v), d in zip(lora.items(), (3.0, -3.0, 0.5))]
+    checks = {c.scope.split(",")[0]: c for c in convergence.verdict(rows) if c.check.startswith(("1.", "2."))}
+    d = [0.1, -0.2, 0.1]                             # paper - LoRA per seed; the reference interval by hand
+    mean, se = sum(d) / 3, (sum((x - sum(d) / 3) ** 2 for x in d) / 2) ** 0.5 / 3 ** 0.5
+    assert checks["paper"].value == pytest.approx(mean)
+    assert checks["paper"].lo == pytest.approx(mean - 4.303 * se) and checks["paper"].hi == pytest.approx(
+        mean + 4.303 * se)
+    assert checks["paper"].status == "PASS" and checks["svd0"].status == "FAIL" and checks["all"].status == "NOISE"
+    one = [_final("lora", 0, "lm", 2.0), _final("paper", 0, "lm", 2.1)]
+    (c,) = [c for c in convergence.verdict(one) if c.check.startswith("1.")]
+    assert c.status == "INFO" and "smoke run" in c.detail and c.lo is None
+
+
+def test_layer_plan_converts_only_the_named_blocks():
+    import core
+    from suites import models
+    model = models.build_model("tiny", seed=0)
+    core.convert(model, text_task.on_layers(core.preset("dense"), "1,3"))
+    got = sorted({int(n.split(".")[2]) for n, m in model.named_modules() if isinstance(m, core.CELoRALinear)})
+    assert got == [1, 3]
+    n_conv = sum(isinstance(m, core.CELoRALinear) for m in model.modules())
+    assert n_conv == 2 * len(models.PROJECTIONS)
+    assert text_task.on_layers({"*v_proj": 1}, "all") == {"*v_proj": 1}
+
+
+def test_spectrum_energy_matches_the_residual_of_the_svd_split():
+    import torch
+
+    from core import selection
+    case = next(c for c in approx_error.cases(Options()) if c.param("kind") == "spectrum")
+    rows = approx_error.run_spectrum(case, CTX)
+    W = approx_error.captures(case)["weights"]
+    assert len(rows) == len(W)
+    for r in rows[:7]:
+        name = next(n for n in W if approx_error._short(n) == (r.extra["module"], r.extra["layer"]))
+        W0 = W[name].double()
+        for r0, key in ((r.extra["r0"], "energy_r0"), (2 * r.extra["r0"], "energy_2r0")):
+            B0, A0 = selection.svd_split(W0, r0)       # fp32 SVD: 1 - ‖W0 - B0 A0‖² / ‖W0‖²
+            ref = 1 - (W0 - B0 @ A0).square().sum() / W0.square().sum()
+            assert r.extra[key] == pytest.approx(ref.item(), abs=1e-5)
+        assert r.extra["energy"] == sorted(r.extra["energy"]) and 0 < r.extra["energy"][0] <= 1
+    assert torch.is_tensor(W[name])
+    t = approx_error.spectra_table(rows)
+    assert t is not None and "tiny-byte" in t.title

@@ -41,7 +41,9 @@ def test_run_writes_every_component_and_a_verdict(run_file):
     assert ("celora", "selection.amortized") in comps and ("peft", "fwd+bwd") in comps
     checks = run.verdicts["backward-breakdown"]
     assert {c["check"][:2] for c in checks} == {"1.", "2.", "3."}
-    assert all(c["status"] in ("PASS", "FAIL") for c in checks)
+    assert all(c["status"] in ("PASS", "FAIL", "NOISE") for c in checks)
+    timed = [c for c in checks if "time" in c["metric"] or "speed-up" in c["metric"]]
+    assert timed and all(c["lo"] <= c["value"] <= c["hi"] for c in timed)       # every timed value has its interval
 
 
 def test_show_renders_tables_and_verdict(run_file, capsys):
