@@ -99,7 +99,7 @@ def test_gate_recheck_clears_a_one_off_slow_pass_and_keeps_its_values(tiny_basel
     assert "time regression(s) in the first pass" in out and "not repeated" in out
     again = results.load(str(tmp_path / "noisy-recheck1.json"))
     assert {r.case.provider for r in again.rows} >= {"dense", "celora"}     # ratios need both sides
-    assert os.path.exists(tmp_path / "noisy-recheck2.json")      # one over, one under: a third attempt decides
+    assert os.path.exists(tmp_path / "noisy-recheck2.json")      # both rechecks are judged together
 
 
 def test_recheck_judges_the_median_of_every_attempt(tiny_baseline, tmp_path):
@@ -111,25 +111,25 @@ def test_recheck_judges_the_median_of_every_attempt(tiny_baseline, tmp_path):
     first, _ = compare(base, noisy, rules)
     flagged = [f for f in first if f.regression]
     assert flagged
-    # first pass over; then (recheck 1, recheck 2): the median of the three decides, and a decided
-    # median stops the rechecks
-    for passes, expect, n_calls in (([slow, slow], True, 1), ([slow, base], True, 1),
-                                    ([base, slow], True, 2), ([base, base], False, 2)):
+    # first pass over (it triggered the rechecks, so it is not judged); the median of the two rechecks
+    # (their mean) decides: 1.5x and 1.0x average to 1.25x, over the 15% line
+    for passes, expect in (([slow, slow], True), ([slow, base], True), ([base, slow], True),
+                           ([base, base], False)):
         calls = []
 
         def remeasure(ids, i, passes=passes):
             calls.append(ids)
             return passes[i - 1]
         out = gate.recheck(base, noisy, first, rules, remeasure, 2)
-        assert all(f.regression == expect for f in out if f.rechecks), passes
-        assert len(calls) == n_calls
+        assert all(f.regression == expect for f in out if f.rechecks and f.rule == "ratio:15%"), passes
+        assert len(calls) == 2
     assert {i.split("/")[3] for i in calls[0]} == {"dense", "peft", "celora"}   # the whole interleaved group
     assert {i.split("/")[2] for i in calls[0]} == {"q_proj"}
 
 
 def test_a_real_20_percent_slowdown_is_not_cleared_by_one_lucky_recheck(monkeypatch):
-    """Baseline ratio 0.5; the candidate is 20% slower (0.6) in its first pass and its second recheck,
-    and one recheck comes out lucky (0.56, +12%, under the 15% line). The median (0.6) fails it;
+    """Baseline ratio 0.5; the candidate is 20% slower (0.6) in its first pass, one recheck comes out
+    lucky (0.56, +12%, under the 15% line), the other at +22%. Their median (0.585, +17%) fails it;
     the former rule (cleared by the first recheck under the line) passed it."""
     from celora_bench import gate
     from celora_bench.compare import Finding
@@ -162,7 +162,7 @@ def test_gate_fails_when_the_index_is_refreshed_every_step(tiny_baseline, tmp_pa
 def test_gate_fails_when_celora_silently_falls_back_to_dense(tiny_baseline, tmp_path, monkeypatch):
     from core import components
     monkeypatch.setattr(core.CELoRALinear, "grad_x_frozen",
-                        lambda self, gy: components.grad_x_frozen_dense(gy, self.weight))
+                        lambda self, gy, t=None: components.grad_x_frozen_dense(gy, self.weight))
     cand = str(tmp_path / "fallback.json")
     runner.run(["backward-breakdown"], Options(model="tiny"), cand, filt=TINY_Q)
     assert _gate(tiny_baseline, cand) == 1
@@ -192,15 +192,16 @@ def test_pytest_benchmark_integration(tmp_path):
 
 
 def _slower(monkeypatch, cls_attr, factor):
-    """Patches a CELoRALinear method to take ``factor`` times as long, by sleeping: time changes,
-    FLOPs and bytes do not (the sleep allocates and computes nothing)."""
+    """Patches a CELoRALinear method to take ``factor`` times as long on CE-LoRA layers (p < 1), by
+    sleeping: time changes, FLOPs and bytes do not (the sleep allocates and computes nothing)."""
     import time
     orig = getattr(core.CELoRALinear, cls_attr)
 
     def slow(self, *a, **kw):
         t0 = time.perf_counter()
         out = orig(self, *a, **kw)
-        time.sleep((factor - 1) * (time.perf_counter() - t0))
+        if not self.dense:                 # CE-LoRA's code only: dense LoRA (the ratios' denominator) as it was
+            time.sleep((factor - 1) * (time.perf_counter() - t0))
         return out
     monkeypatch.setattr(core.CELoRALinear, cls_attr, slow)
 
