@@ -122,6 +122,24 @@ def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, thread
     return rows
 
 
+def retime(items: list[tuple[Case, Target]], names: set[str], budget: TimingBudget,
+           threads: int) -> dict[tuple[str, str], tuple[float, ...]]:
+    """(case id, component) -> new time samples of the named components, each timed again across the
+    group A B A B as measure_group timed it (derived rows such as "selection.amortized" follow their source)."""
+    device = items[0][0].device
+    out = {}
+    for name in names:
+        idx = [i for i, (_, t) in enumerate(items) if name in t.parts or name in t.whole]
+        fns = [{**items[i][1].parts, **items[i][1].whole}[name] for i in idx]
+        for i, stats in zip(idx, time_interleaved(fns, device, budget, threads)):
+            case, target = items[i]
+            out[(case.id, name)] = stats.samples
+            for derived, (source, divisor) in target.amortized.items():
+                if source == name:
+                    out[(case.id, derived)] = tuple(t / divisor for t in stats.samples)
+    return out
+
+
 def _with_kernel(row: Row, samples: tuple[float, ...] | None) -> Row:
     """The row with its device-time samples and the launch-bound mark (CUDA only)."""
     if not samples or not row.samples:

@@ -13,7 +13,7 @@ import torch
 
 from celora_bench import distributed, malloc, registry, remeasure, results
 from celora_bench.cases import Case
-from celora_bench.measure import measure_group
+from celora_bench.measure import measure_group, retime
 from celora_bench.suite import Context, Options, budget_for
 from celora_bench.timing import TimingBudget
 
@@ -154,17 +154,18 @@ def run_group(run_: results.Run, suite, cases: list[Case], ctx: Context) -> None
 
 
 def measure_settled(suite, items, ctx: Context) -> list:
-    """The group's rows, re-measured with a longer budget while a case is too noisy to judge
-    (celora_bench.remeasure), up to MAX_ATTEMPTS in all; every attempt's samples are kept.
-    Under torchrun every rank must make the same calls, so there is no re-measurement."""
+    """The group's rows; a component too noisy to judge (celora_bench.remeasure) is timed again across
+    the group with twice the budget, up to MAX_ATTEMPTS in all, every attempt's samples kept. Under
+    torchrun every rank must make the same calls, so there is no re-measurement."""
     rows = measure_group(items, ctx.budget, ctx.threads)
     judged = getattr(suite, "JUDGED", remeasure.JUDGED)
     for attempt in range(2, remeasure.MAX_ATTEMPTS + 1):
         why = remeasure.reasons(rows, judged)
         if not why or distributed.active():
             break
-        again = measure_group(items, remeasure.longer(ctx.budget, attempt - 1), ctx.threads)
-        rows = remeasure.with_attempts(again, rows, why, attempt)
+        names = {name for _, name in why}
+        again = retime(items, names, remeasure.longer(ctx.budget, attempt - 1), ctx.threads)
+        rows = remeasure.with_attempts(rows, again, why, attempt)
     return rows
 
 

@@ -38,17 +38,6 @@ NAME = "approx-error"
 DESCRIPTION = "Relative error / cosine of CE-LoRA's G_x and G_A, G_B vs exact, on real gradients from real text"
 
 
-def model_of(opts: Options) -> str:
-    """The case's model: "local" (--model-path), tiny-byte (default) or a registry model with real weights."""
-    if opts.model_path:
-        return "local"
-    name = opts.model or "tiny-byte"
-    if name != "tiny-byte" and name not in pretrained.PRETRAINED:
-        raise ValueError(f"--model {name!r}: this suite needs trained weights; allowed: tiny-byte, "
-                         f"{', '.join(pretrained.PRETRAINED)} (or --model-path)")
-    return name
-
-
 def _sizes(mode: str, model: str = "tiny-byte"):
     real = model in pretrained.PRETRAINED
     if mode == "quick" and real:        # a 2-core CPU: see the module docstring for what was cut
@@ -69,7 +58,7 @@ def weights_label(case: Case) -> str:
 
 
 def cases(opts: Options) -> list[Case]:
-    model = model_of(opts)
+    model = text_task.model_of(opts)
     sz = _sizes(opts.mode, model)
     extra = tuple((k, v) for k, v in (("data", opts.data), ("path", opts.model_path)) if v)
     extra += tuple((k, sz[k]) for k in ("batch", "seq", "layers") if k in sz)

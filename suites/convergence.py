@@ -90,17 +90,6 @@ def plan(arm: str) -> dict:
     raise ValueError(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
 
 
-def model_of(opts: Options) -> str:
-    """The case's model: "local" (--model-path), tiny-byte (default) or a registry model with real weights."""
-    if opts.model_path:
-        return "local"
-    name = opts.model or "tiny-byte"
-    if name != "tiny-byte" and name not in pretrained.PRETRAINED:
-        raise ValueError(f"--model {name!r}: this suite fine-tunes trained weights; allowed: tiny-byte, "
-                         f"{', '.join(pretrained.PRETRAINED)} (or --model-path)")
-    return name
-
-
 def weights_label(case: Case) -> str:
     if case.model in pretrained.PRETRAINED:
         return pretrained.label(case.model)
@@ -108,7 +97,7 @@ def weights_label(case: Case) -> str:
 
 
 def cases(opts: Options) -> list[Case]:
-    model = model_of(opts)
+    model = text_task.model_of(opts)
     sz = _sizes(opts.mode, model)
     real = model in pretrained.PRETRAINED
     extra = tuple((k, v) for k, v in (("data", opts.data), ("path", opts.model_path)) if v)

@@ -208,3 +208,15 @@ def on_layers(plan: dict, layers: str) -> dict:
     if layers == "all":
         return dict(plan)
     return {f"*.layers.{int(i)}.*{pat.lstrip('*')}": cfg for i in layers.split(",") for pat, cfg in plan.items()}
+
+
+def model_of(opts) -> str:
+    """The accuracy suites' model: "local" (--model-path), tiny-byte (default) or a registry model with real
+    weights. A shape-only model is refused: these suites need trained weights."""
+    if opts.model_path:
+        return "local"
+    name = opts.model or "tiny-byte"
+    if name != "tiny-byte" and name not in pretrained.PRETRAINED:
+        raise ValueError(f"--model {name!r}: the accuracy suites need trained weights; allowed: tiny-byte, "
+                         f"{', '.join(pretrained.PRETRAINED)} (or --model-path)")
+    return name
