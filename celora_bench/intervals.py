@@ -21,7 +21,10 @@ import numpy as np
 
 LEVEL = 0.95          # two-sided coverage
 N_BOOT = 2000
-FLOOR = 0.02          # at least ±2% of the value: the between-run drift the bootstrap cannot see
+FLOOR = 0.05          # at least ±5% of the value: the between-run drift the bootstrap cannot see. Three quick
+                      # runs on this 2-core machine: the timed verdict values moved by a median half-range of
+                      # 4.5% between runs (p90 10%); with a 2% floor 2 of 128 checks were PASS in one run and
+                      # FAIL in another, with 5% none (README, "Does the verdict stand still?")
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def value_text(c: Check) -> str:
 
 
 def verdict_table(title: str, checks: list[Check]) -> Table:
-    t = Table(title=title, caption="value [95% interval: bootstrap over the raw samples, at least ±2%]; PASS: "
+    t = Table(title=title, caption="value [95% interval: bootstrap over the raw samples, at least ±5%]; PASS: "
                                    "the whole interval clears the line, FAIL: it misses it wholly, within noise: "
                                    "it straddles the line", caption_justify="left")
     for col in ("check", "scope", "metric", "value", "target", "status", "detail"):
