@@ -46,7 +46,7 @@ def grad_h(gy: Tensor, B: Tensor, scale: float) -> Tensor:
 
 
 # The fused skinny operand's width r + r0 is padded with zero columns to a multiple of this.
-# CPU (MKL, 2-core Xeon, fp32, N=1024, /tmp/a11/skinny.py, best of 15 interleaved): G_y (1024, 2048)
+# CPU (MKL, this 2-core AMD EPYC, fp32, N=1024, best of 15 interleaved rounds): G_y (1024, 2048)
 # times an (m, w) operand took 0.49 ms at w=16, 1.11 ms at 14, 4.08 ms at 30 and 0.80–0.88 ms at 32:
 # unpadded, one 30-wide product is slower than the 16 + 14 pair (1.59 ms); padded to 32 it is ~2x faster.
 # On CUDA 32 columns keep the operand's rows 16-byte aligned for cuBLAS (30 bf16 = 60 bytes would not).

@@ -118,7 +118,7 @@ class CELoRAConfig:
 # CUDA fp32 (and fp64): 16. 16 fp32 = 64 bytes keeps every row of the (N, k) gathered block 16-byte aligned,
 #   which cuBLAS's vectorized and TF32 tensor-core kernels need, and is a multiple of TF32's k-step of 8;
 #   it costs at most 15 extra columns. Not measured on a GPU yet (scripts/bench_gpu.py times 8/16/64/128).
-# CPU: 1. Measured on the 2-core Xeon (MKL, fp32, 2 threads, N=1024, gather + (N, k) @ (k, n) at the
+# CPU: 1. Measured on the 2-core AMD EPYC (MKL, fp32, 2 threads, N=1024, gather + (N, k) @ (k, n) at the
 #   Llama-3.2-1B shapes, p = 0.55 and 0.65, a in 1/8/16/64, best of 7 interleaved rounds, while other jobs
 #   shared the machine): time at a / time at a=1 spanned 0.61-1.21 with no consistent sign across shapes
 #   or multiples (q/o p=0.55: 1.00, 0.61, 1.02; q/o p=0.65: 1.04, 1.17, 1.10; k/v p=0.55: 1.10, 1.08, 1.02;
