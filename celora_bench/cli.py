@@ -385,8 +385,12 @@ def cmd_plot(args) -> int:
 
     run = _load(args.run)
     out = args.out or os.path.splitext(args.run)[0] + "-plots"
-    for path in plot.plot(run, out):
+    paths = plot.plot(run, out)
+    for path in paths:
         print(path)
+    if not paths:
+        print(f"no plots: {args.run!r} holds no layer-level or accuracy rows ('celora-bench report' draws "
+              f"model-step's step phases)")
     return 0
 
 

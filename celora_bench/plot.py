@@ -36,10 +36,11 @@ def save(fig, out_dir: str, name: str, rect=None) -> str:
 
 
 def _groups(run: Run):
-    """(model, N, r, dtype, device) -> {case: {component: Row}} for layer-level cases."""
+    """(model, N, r, dtype, device) -> {case: {component: Row}} for layer-level cases (a timed G_y·W0 and
+    fwd+bwd; model-step's whole-model rows have neither timed)."""
     out = defaultdict(dict)
     for case, comps in by_case(run.rows).items():
-        if case.provider in ("dense", "celora") and "bwd.grad_x_frozen" in comps:
+        if case.provider in ("dense", "celora") and "bwd.grad_x_frozen" in comps and "fwd+bwd" in comps:
             out[(case.model, case.tokens, case.rank, case.dtype, case.device)][case] = comps
     return out
 
