@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU check: the CUDA tests, issue 11's figures (scripts/bench_gpu.py), the headline suite in
 # quick mode and one model step. Each step has its own time limit (75 + 210 + 135 + 135 s: 9.3 min at most,
-# ~5 min expected on one H200). Everything is written under OUT_DIR (5 files, each < 16 MiB):
-#   gpu_check.log, bench_gpu.json, backward-breakdown-quick-cuda.json, model-step-cuda.json, nvidia-smi.txt
+# ~5 min expected on one H200). Everything is written under OUT_DIR (7 files, each < 16 MiB):
+#   gpu_check.log, bench_gpu.json, backward-breakdown-quick-cuda.{json,html}, model-step-cuda.{json,html},
+#   nvidia-smi.txt. The quick CUDA run is the GPU gate's baseline: commit it as results/baseline-cuda.json.
 # Each step is guarded by its own time limit; a failure is logged and the next step still runs.
 # Usage: bash scripts/gpu_check.sh [OUT_DIR]   (default results/gpu). Uses the torch already installed.
 set -uo pipefail
