@@ -55,10 +55,6 @@ class Context:
     options: Options
 
 
-STATUSES = ("PASS", "FAIL", "NOISE", "INFO")
-KINDS = ("measured", "exact", "info")
-
-
 @dataclass(frozen=True)
 class Check:
     """One verdict line.
