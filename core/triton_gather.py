@@ -8,9 +8,12 @@ G[rows, I[j]] and stores the tile contiguous. On an H200 (bf16, N=8192) 8×256 t
 was faster with this kernel on every measured shape (shared/gpu/2026-11-30.md).
 
 Under ``TRITON_INTERPRET=1`` the same kernel runs on CPU tensors (the correctness test).
+The launch runs under G's device guard (``torch.cuda.device(gy.device)``): Triton launches on the
+current device, so a tensor on cuda:1 would otherwise be read by a kernel on cuda:0.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -58,15 +61,31 @@ def available() -> bool:
     return True
 
 
-def gather_columns(gy: Tensor, idx: Tensor, tile: tuple[int, int] = DEFAULT_TILE) -> Tensor:
-    """G_y[:, I] by the Triton kernel: gy (N, m) with unit column stride, idx (k,) int64 -> (N, k)."""
+def device_guard(device: torch.device):
+    """The CUDA device guard of device (a no-op context for the interpreter's CPU tensors)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
+def gather_columns(gy: Tensor, idx: Tensor, tile: tuple[int, int] = DEFAULT_TILE, out: Tensor | None = None) -> Tensor:
+    """G_y[:, I] by the Triton kernel: gy (N, m), idx (k,) int64 -> (N, k).
+
+    out: an (N, k) view with unit column stride to write into (e.g. columns of a wider tensor);
+    None allocates a contiguous one.
+    """
     if gy.stride(1) != 1:
         gy = gy.contiguous()
     N, k = gy.shape[0], idx.numel()
-    out = torch.empty(N, k, device=gy.device, dtype=gy.dtype)            # (N, k)
+    if out is None:
+        out = torch.empty(N, k, device=gy.device, dtype=gy.dtype)        # (N, k)
+    elif out.shape != (N, k) or out.stride(1) != 1 or out.dtype != gy.dtype:
+        raise ValueError(f"out must be ({N}, {k}) {gy.dtype} with unit column stride, got "
+                         f"{tuple(out.shape)} {out.dtype} strides {out.stride()}")
     if N == 0 or k == 0:
         return out
     br, bk = tile
     grid = (-(-N // br), -(-k // bk))
-    _kernel()[grid](gy, idx, out, N, k, gy.stride(0), out.stride(0), BLOCK_R=br, BLOCK_K=bk)
+    with device_guard(gy.device):
+        _kernel()[grid](gy, idx, out, N, k, gy.stride(0), out.stride(0), BLOCK_R=br, BLOCK_K=bk)
     return out

@@ -87,12 +87,17 @@ def test_cuda_gather_methods_agree(dtype, N, m, k):
     assert torch.equal(gather.gather_columns(G, idx), want)
     assert torch.equal(gather.torch_gather(G, idx), want)
     from core import triton_gather
-    if triton_gather.available():
-        assert gather.method_for(G.device) is gather.triton_gather
+    if triton_gather.available() and gather._triton_failure is None:
+        assert gather.method_for(G.device) is gather.triton_or_index_select
+        assert gather.methods_used()["cuda"] == "triton"
         for tile in ((8, 256), (16, 128), (32, 64), (4, 512)):
             assert torch.equal(triton_gather.gather_columns(G, idx, tile), want)
-    else:
+    else:                                  # no Triton, or it failed once here: index_select, and said so
         assert gather.method_for(G.device) is gather.index_select
+        assert gather.methods_used()["cuda"].startswith("index_select")
+    wide = torch.zeros(N, k + 24, device="cuda", dtype=dtype)
+    assert torch.equal(gather.gather_columns(G, idx, out=wide[:, 16:16 + k]), want)   # into a column view
+    assert torch.equal(wide[:, 16:16 + k], want) and not wide[:, :16].any() and not wide[:, 16 + k:].any()
 
 
 def test_k_rounds_to_64_after_to_cuda_bf16():

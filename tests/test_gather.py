@@ -216,9 +216,9 @@ def test_layer_through_triton_gather(interpret, monkeypatch, dtype, svd_rank, ca
     # the layer's whole backward with G_y[:, I] taken by the Triton kernel, against the float64 formula
     calls = []
 
-    def tri(gy, idx):
+    def tri(gy, idx, out=None):
         calls.append(idx.numel())
-        return gather.triton_gather(gy, idx)
+        return gather.triton_gather(gy, idx, out)
 
     monkeypatch.setitem(gather.METHODS, "cpu", lambda: tri)
     layer = make(m=32, n=24, dtype=dtype, keep_ratio=0.5, svd_rank=svd_rank, cache_rows=cache_rows)
@@ -226,6 +226,138 @@ def test_layer_through_triton_gather(interpret, monkeypatch, dtype, svd_rank, ca
     gy = (torch.randn(2, 8, 32) * torch.exp(torch.randn(32))).to(dtype)
     assert_outputs_match(layer, x, gy, dtype)
     assert calls == [16]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_gather_into_a_column_view(interpret, dtype):
+    from core import triton_gather
+    G = torch.randn(13, 90).to(dtype)
+    idx = torch.randperm(90)[:37].sort().values
+    wide = torch.zeros(13, 64 + 48, dtype=dtype)
+    view = wide[:, 16:16 + 37]
+    assert triton_gather.gather_columns(G, idx, out=view).data_ptr() == view.data_ptr()
+    assert torch.equal(wide[:, 16:53], G[:, idx]) and not wide[:, :16].any() and not wide[:, 53:].any()
+
+
+@pytest.mark.parametrize("method", [gather.torch_gather, gather.index_select])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gather_into_a_column_view(method, dtype):
+    # the fused form gathers G_y[:, I] straight into columns of its left operand: no second copy
+    G = torch.randn(13, 90).to(dtype)
+    idx = torch.randperm(90)[:37].sort().values
+    wide = torch.zeros(13, 16 + 37 + 11, dtype=dtype)
+    view = wide[:, 16:16 + 37]
+    out = method(G, idx, view)
+    assert out.data_ptr() == view.data_ptr() and out.stride() == (64, 1)
+    assert torch.equal(wide[:, 16:53], G[:, idx]) and not wide[:, :16].any() and not wide[:, 53:].any()
+
+
+# ---- the Triton fallback and the device guard, on the CPU with mocks -----------------------
+
+@pytest.fixture
+def broken_triton(monkeypatch):
+    """The CUDA method table on the CPU, with a Triton that imports but whose launch raises."""
+    from core import triton_gather
+    calls = []
+
+    def launch(gy, idx, tile=None, out=None):
+        calls.append(idx.numel())
+        raise RuntimeError("boom: no kernel image")
+
+    monkeypatch.setattr(triton_gather, "gather_columns", launch)
+    monkeypatch.setattr(gather, "_triton_ok", True)
+    monkeypatch.setattr(gather, "_triton_failure", None)
+    monkeypatch.setattr(gather, "_used", {})
+    monkeypatch.setitem(gather.METHODS, "cpu", gather._cuda_method)
+    return calls
+
+
+def test_triton_failure_falls_back_once_with_one_warning(broken_triton):
+    import warnings
+    G = torch.randn(9, 50)
+    idx = torch.randperm(50)[:20].sort().values
+    assert gather.method_for(G.device) is gather.triton_or_index_select
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outs = [gather.gather_columns(G, idx) for _ in range(4)]
+    assert all(torch.equal(o, G.index_select(1, idx)) for o in outs)
+    ours = [w for w in caught if "Triton gather kernel failed" in str(w.message)]
+    assert len(ours) == 1 and "RuntimeError: boom: no kernel image" in str(ours[0].message)
+    assert broken_triton == [20]                                       # launched once, never again
+    assert gather.method_for(G.device) is gather.index_select
+    assert gather.methods_used() == {"cpu": "index_select (triton failed: RuntimeError: boom: no kernel image)"}
+
+
+def test_triton_failure_inside_a_backward_gives_the_same_gradients(broken_triton):
+    layer = make(m=32, n=24, keep_ratio=0.5, svd_rank=3)
+    x = torch.randn(2, 8, 24)
+    gy = torch.randn(2, 8, 32) * torch.exp(torch.randn(32))
+    with pytest.warns(RuntimeWarning, match="Triton gather kernel failed"):
+        assert_outputs_match(layer, x, gy, torch.float32)
+    assert gather.methods_used()["cpu"].startswith("index_select (triton failed: RuntimeError")
+
+
+def test_methods_used_names_the_cpu_gather(monkeypatch):
+    monkeypatch.setattr(gather, "_used", {})
+    assert gather.methods_used() == {}
+    layer = make(m=32, n=24, keep_ratio=0.5)
+    layer(torch.randn(5, 24, requires_grad=True)).backward(torch.randn(5, 32))
+    assert gather.methods_used() == {"cpu": "torch.gather"}
+
+
+def test_device_guard_is_the_tensors_cuda_device(monkeypatch):
+    from core import triton_gather
+    entered = []
+
+    class Guard:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            entered.append("exit")
+
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+    with triton_gather.device_guard(torch.device("cuda", 1)):
+        assert entered == [torch.device("cuda", 1)]
+    assert entered[-1] == "exit"
+    entered.clear()
+    with triton_gather.device_guard(torch.device("cpu")):              # the interpreter's CPU tensors
+        pass
+    assert entered == []
+
+
+def test_kernel_launches_under_the_guard_of_the_input_device(monkeypatch):
+    from core import triton_gather
+    state = {"inside": None, "launched_inside": None}
+
+    class Guard:
+        def __init__(self, device):
+            state["device"] = device
+
+        def __enter__(self):
+            state["inside"] = True
+
+        def __exit__(self, *exc):
+            state["inside"] = False
+
+    class Kernel:
+        def __getitem__(self, grid):
+            def launch(G, Idx, Out, N, K, stride_g, stride_o, BLOCK_R, BLOCK_K):
+                state["launched_inside"] = state["inside"]
+                Out.copy_(G.index_select(1, Idx))
+            return launch
+
+    monkeypatch.setattr(triton_gather, "device_guard", Guard)
+    monkeypatch.setattr(triton_gather, "_kernel", lambda: Kernel())
+    G = torch.randn(7, 30)
+    idx = torch.tensor([1, 4, 9, 29])
+    out = triton_gather.gather_columns(G, idx)
+    assert torch.equal(out, G[:, idx])
+    assert state["device"] == G.device and state["launched_inside"] is True and state["inside"] is False
 
 
 def test_triton_not_needed_to_import_core():
