@@ -70,7 +70,7 @@ METHODS = {"cpu": lambda: torch_gather, "cuda": _cuda_method}
 
 _NAMES = {torch_gather: "torch.gather", index_select: "index_select", triton_gather: "triton",
           triton_or_index_select: "triton"}
-_used: dict[str, str] = {}
+_used: dict[str, object] = {}           # device type -> the method that ran last there
 
 
 def method_for(device: torch.device):
@@ -82,7 +82,7 @@ def method_for(device: torch.device):
 def method_name(fn) -> str:
     """How methods_used names fn: "torch.gather", "index_select", "triton", or
     "index_select (triton failed: ExcType: message)" once the Triton kernel has failed."""
-    name = _NAMES.get(fn, getattr(fn, "__name__", repr(fn)))
+    name = _NAMES.get(fn) or getattr(fn, "__name__", repr(fn))
     if name == "index_select" and _triton_failure is not None:
         return f"index_select (triton failed: {_triton_failure})"
     return name
@@ -91,14 +91,14 @@ def method_name(fn) -> str:
 def methods_used() -> dict[str, str]:
     """{device type: the gather method that ran last there}, e.g. {"cpu": "torch.gather"} or
     {"cuda": "index_select (triton failed: RuntimeError: ...)"}; empty before the first gather."""
-    return dict(_used)
+    return {dev: method_name(fn) for dev, fn in _used.items()}
 
 
 def gather_columns(gy: Tensor, idx: Tensor, out: Tensor | None = None) -> Tensor:
     """G_y[:, I]: (N, m) -> (N, k), by the method chosen for gy's device (into out if given)."""
-    fn = method_for(gy.device)
+    kind = gy.device.type
+    pick = METHODS.get(kind)
+    fn = pick() if pick is not None else index_select
     res = fn(gy, idx, out)
-    if fn is triton_or_index_select and _triton_failure is not None:
-        fn = index_select                            # this call fell back
-    _used[gy.device.type] = method_name(fn)
+    _used[kind] = index_select if fn is triton_or_index_select and _triton_failure is not None else fn
     return res
