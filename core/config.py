@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 SCORES = ("product", "residual_norm", "random")
 TAU_UNITS = ("optimizer_steps", "forward_calls")
+GRAD_X_FORMS = ("split", "fused")
 
 
 def balanced_rank(r: int) -> int:
@@ -40,7 +41,12 @@ class CELoRAConfig:
             the same index set. Off: each rank selects from its own batch.
         k_multiple: a, the multiple k is rounded up to: k = min(m, ceil(ceil(p·m) / a)·a).
             None (default) resolves a from the device and dtype the layer's weight
-            is on when its index is selected (``k_multiple_for``); an int >= 1 fixes it.
+            is on when its index is selected (``k_multiple_for``) and the dtype its products
+            run in (the autocast dtype under autocast); an int >= 1 fixes it.
+        grad_x_form: how a sampled layer's backward forms G_x: "split" (the kept-column product,
+            then T·A0 and G_h·A added in two more passes over the (N, n) output) or "fused" (one
+            GEMM [G_h | T | G_y[:, I]] · [A; A0; W0[I]]). None (default) takes the form of the
+            weight's device type (``grad_x_form_for``). Dense layers and dropout > 0 run "split".
 
     Raises:
         ValueError: a field is outside its allowed range; the message names it.
@@ -58,6 +64,7 @@ class CELoRAConfig:
     seed: int = 0
     sync_scores: bool = False
     k_multiple: int | None = None
+    grad_x_form: str | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.r, int) and self.r >= 1, "r", self.r, "an integer >= 1")
@@ -75,6 +82,8 @@ class CELoRAConfig:
         _check(self.k_multiple is None or (isinstance(self.k_multiple, int) and not isinstance(self.k_multiple, bool)
                                            and self.k_multiple >= 1),
                "k_multiple", self.k_multiple, "None (auto) or an integer >= 1")
+        _check(self.grad_x_form is None or self.grad_x_form in GRAD_X_FORMS, "grad_x_form", self.grad_x_form,
+               "None (per device) or " + " or ".join(GRAD_X_FORMS))
 
     @property
     def scale(self) -> float:
@@ -107,8 +116,12 @@ class CELoRAConfig:
         means a dense activation gradient.
         """
         k = min(m, max(1, math.ceil(self.keep_ratio * m - 1e-9)))
-        a = self.k_multiple if self.k_multiple is not None else k_multiple_for(device, dtype)
+        a = self.multiple_for(device, dtype)
         return min(m, -(-k // a) * a)
+
+    def multiple_for(self, device="cpu", dtype=None) -> int:
+        """a, the multiple k is rounded up to on (device, dtype): k_multiple, or the auto one."""
+        return self.k_multiple if self.k_multiple is not None else k_multiple_for(device, dtype)
 
 
 # The auto multiple of k per (device type, dtype class).
@@ -136,6 +149,22 @@ def k_multiple_for(device="cpu", dtype=None) -> int:
         return CPU_MULTIPLE
     half = dtype is not None and getattr(dtype, "itemsize", 4) == 2
     return CUDA_HALF_MULTIPLE if half else CUDA_FLOAT_MULTIPLE
+
+
+# The default form of the sampled G_x per device type (CELoRAConfig.grad_x_form overrides it).
+# cuda: "fused". On an H200 each extra pass over the (N, n) output that the split form makes (T·A0 and
+#   G_h·A added in place) cost ~0.04 ms at n = 4096 and ~0.13 ms at n = 14336, ~4 ms of a 142 ms
+#   Llama-3.2-1B step (bf16); the fused GEMM takes the (N, r + r0) tail in its inner dimension instead.
+# cpu: "split" until measured: awaits the lead engineer's run of scripts/bench_core.py (fused vs split, lean
+#   and cached, r0 = 0 and 14, p = 0.5) on a quiet machine. No number is assumed here.
+# Any other device type: "split" (the form every device runs correctly and the reference one).
+GRAD_X_FORM = {"cuda": "fused", "cpu": "split"}
+
+
+def grad_x_form_for(device="cpu") -> str:
+    """The default G_x form of a sampled layer whose weight is on device (torch.device or str)."""
+    kind = device.type if hasattr(device, "type") else str(device).split(":")[0]
+    return GRAD_X_FORM.get(kind, "split")
 
 
 def _is_real(v) -> bool:

@@ -15,6 +15,8 @@ backward inside the block runs, so ``layer.weight`` is then the full, plain
 Mixed precision (``MixedPrecisionPolicy(param_dtype=torch.bfloat16, ...)``) casts
 the gathered parameters only; the buffers keep their dtype, and the backward's
 G_y·B0 would mix bf16 with fp32. ``cast_buffers`` puts them in the compute dtype.
+(Under ``torch.autocast`` with fp32 parameters nothing is needed: the layer casts its frozen
+tensors to the autocast dtype itself.)
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
 """CUDA paths: skipped where no GPU is present; scripts/gpu_check.sh runs them on one."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -110,3 +112,108 @@ def test_k_rounds_to_64_after_to_cuda_bf16():
     assert layer.idx.is_cuda and layer.idx.numel() == 576
     layer.float()
     assert layer.k == 576 and layer.refresh_due() is False   # fp32 on CUDA: 16 divides 576 too
+
+
+# ---- "GPU right on first contact": autocast, the fused G_x form, alignment, a second GPU ----
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cache_rows", [False, True])
+@pytest.mark.parametrize("r0", [0, 14])
+@pytest.mark.parametrize("form", [None, "split"])
+def test_cuda_autocast_with_fp32_weights_matches_fp32(dtype, cache_rows, r0, form):
+    # what transformers.Trainer(bf16=True) runs; m = 256 so that k = 128 for both fp32 (16) and 16-bit (64)
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 256).cuda()
+    cfg = core.CELoRAConfig(r=14, alpha=28.0, keep_ratio=0.5, svd_rank=r0, cache_rows=cache_rows, grad_x_form=form)
+    ref, amp = core.CELoRALinear.from_linear(lin, cfg), core.CELoRALinear.from_linear(lin, cfg)
+    with torch.no_grad():
+        ref.lora_B.normal_()
+        amp.lora_B.copy_(ref.lora_B)
+        amp.lora_A.copy_(ref.lora_A)
+    x = torch.randn(4, 32, 128, device="cuda")
+    gy = torch.randn(4, 32, 256, device="cuda") * torch.exp(torch.randn(256, device="cuda"))
+    out = []
+    for layer, ac in ((ref, False), (amp, True)):
+        xx = x.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=dtype, enabled=ac):
+            y = layer(xx)
+        y.backward(gy.to(y.dtype))
+        out.append((y, xx.grad, layer.lora_A.grad, layer.lora_B.grad))
+    assert amp.k == ref.k == 128 and amp.k_multiple == 64 and ref.k_multiple == 16
+    assert amp.grad_x_form == (form or "fused") and torch.equal(amp.idx, ref.idx)
+    got, want = out[1], out[0]
+    assert got[0].dtype == dtype and got[1].dtype == torch.float32                   # G_x in x's dtype
+    assert got[2].dtype == got[3].dtype == amp.lora_A.dtype == torch.float32
+    for name, g, w in zip(("y", "G_x", "G_A", "G_B"), got, want):
+        rel = (g.float() - w).norm() / w.norm()
+        assert rel < 2e-2, (name, rel.item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cache_rows", [False, True])
+@pytest.mark.parametrize("r,r0", [(14, 14), (16, 14), (17, 3), (8, 0), (7, 0)])
+def test_cuda_fused_equals_split_and_operands_are_aligned(dtype, cache_rows, r, r0):
+    from core import components as C
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 512).cuda().to(dtype)
+    layers = [core.CELoRALinear.from_linear(lin, core.CELoRAConfig(r=r, keep_ratio=0.5, svd_rank=r0,
+                                                                   cache_rows=cache_rows, grad_x_form=f))
+              for f in ("split", "fused")]
+    with torch.no_grad():
+        layers[0].lora_B.normal_()
+        layers[1].lora_B.copy_(layers[0].lora_B)
+        layers[1].lora_A.copy_(layers[0].lora_A)
+    x = torch.randn(64, 256, device="cuda", dtype=dtype)
+    gy = (torch.randn(64, 512, device="cuda") * torch.exp(torch.randn(512, device="cuda"))).to(dtype)
+    got = []
+    for layer in layers:
+        xx = x.clone().requires_grad_(True)
+        layer(xx).backward(gy)
+        got.append(xx.grad.float())
+    assert torch.equal(layers[0].idx, layers[1].idx)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert ((got[1] - got[0]).norm() / got[0].norm()).item() < tol
+    fused = layers[1]
+    lay = fused.fused_layout()
+    left, g_h = fused.fused_grad_h(gy, fused.lora_B.detach())
+    C.gather_into_left(left, gy, fused.idx, lay)
+    for t in (left, g_h, left[:, lay.t_off:lay.t_off + max(r0, 1)], left[:, lay.w:lay.w + lay.k],
+              fused.rows if cache_rows else left):
+        assert t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
+
+
+def test_k_multiple_under_cuda_autocast_forces_a_refresh():
+    # fp32 weights: k from fp32 (16) outside autocast, from bf16 (64) inside; the change reselects
+    layer = core.CELoRALinear.from_linear(nn.Linear(64, 1000).cuda(), core.CELoRAConfig(keep_ratio=0.55))
+    x, gy = torch.randn(32, 64, device="cuda", requires_grad=True), torch.randn(32, 1000, device="cuda")
+    layer(x).backward(gy)
+    assert layer.k == 560 and layer.idx.numel() == 560                   # ceil(550 / 16)·16
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = layer(x)
+    assert layer.k == 576 and layer.refresh_due()                         # ceil(550 / 64)·64
+    y.backward(gy.bfloat16())
+    assert layer.idx.numel() == 576 and layer.refresh_count == 2
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("form", ["split", "fused"])
+def test_layer_on_the_second_gpu(form):
+    # the Triton gather launches under its input's device guard: cuda:1 while cuda:0 is current
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 256)
+    cfg = core.CELoRAConfig(r=8, keep_ratio=0.5, svd_rank=4, grad_x_form=form)
+    cpu = core.CELoRALinear.from_linear(lin, cfg)
+    gpu = core.CELoRALinear.from_linear(copy.deepcopy(lin), cfg)           # the same SVD, taken on the CPU
+    with torch.no_grad():
+        cpu.lora_B.normal_()
+        gpu.lora_B.copy_(cpu.lora_B)
+        gpu.lora_A.copy_(cpu.lora_A)
+    gpu.to("cuda:1")
+    torch.cuda.set_device(0)
+    x = torch.randn(16, 128)
+    gy = torch.randn(16, 256) * torch.exp(2 * torch.randn(256))
+    xc, xg = x.clone().requires_grad_(True), x.to("cuda:1").requires_grad_(True)
+    cpu(xc).backward(gy)
+    gpu(xg).backward(gy.to("cuda:1"))
+    assert gpu.idx.device == torch.device("cuda", 1)
+    torch.testing.assert_close(xg.grad.cpu(), xc.grad, atol=1e-3, rtol=1e-3)
