@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from celora_bench.intervals import Series
 from celora_bench.timing import TimeStats
 
 
@@ -61,7 +62,8 @@ class Case:
 
 @dataclass(frozen=True)
 class Row:
-    """One measured component of one case. Raw time samples are kept (seconds per call).
+    """One measured component of one case. Raw time samples are kept (seconds per call), each with the
+    round of the run it was taken in (celora_bench.rounds): intervals pair series by round.
 
     component: "fwd.frozen" ... "bwd.grad_x_frozen" (the brief's table),
     "selection" (one index refresh), "selection.amortized" (that over tau),
@@ -78,10 +80,23 @@ class Row:
     mem_what: str = ""
     note: str = ""
     extra: dict = field(default_factory=dict)
+    rounds: tuple[int, ...] = ()          # the round of each sample (empty: legacy file, one round per sample)
 
     @property
     def time(self) -> TimeStats | None:
         return TimeStats(self.samples) if self.samples else None
+
+    @property
+    def series(self) -> Series:
+        """The samples with their rounds (none in a file written before rounds: it cannot be paired)."""
+        return Series(self.samples, self.rounds)
+
+    def kernel_series(self) -> Series | None:
+        """The device-time samples (CUDA) with their rounds, or None."""
+        k = self.extra.get("kernel_samples")
+        if not k:
+            return None
+        return Series(tuple(k), tuple(self.extra.get("kernel_rounds") or ()))
 
     def to_json(self) -> dict:
         t = self.time
@@ -91,6 +106,7 @@ class Row:
             "component": self.component,
             "unit": "s",
             "samples": list(self.samples),
+            "rounds": list(self.rounds),
             "median": t.median if t else None,
             "iqr": t.iqr if t else None,
             "min": t.min if t else None,
@@ -107,6 +123,7 @@ class Row:
     @classmethod
     def from_json(cls, d: dict) -> "Row":
         return cls(case=Case.from_json(d["case"]), component=d["component"],
-                   samples=tuple(d.get("samples") or ()), flops_analytic=d.get("flops_analytic"),
+                   samples=tuple(d.get("samples") or ()), rounds=tuple(d.get("rounds") or ()),
+                   flops_analytic=d.get("flops_analytic"),
                    flops_counted=d.get("flops_counted"), mem_bytes=d.get("mem_bytes"),
                    mem_what=d.get("mem_what", ""), note=d.get("note", ""), extra=d.get("extra") or {})

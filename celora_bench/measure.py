@@ -3,9 +3,11 @@
 The engine knows nothing of CE-LoRA. A suite's setup(case) gives it a Target:
 plain callables for each part (timed alone, on tensors captured from a real
 backward), callables for the whole phases (timed in place), one callable that
-runs a real forward+backward for counting, and the analytic FLOPs. Cases
-measured as a group have each component timed interleaved across the group,
-so the ratios between them are measured side by side.
+runs a real forward+backward for counting, and the analytic FLOPs.
+
+``prepare`` does everything that is measured once (FLOPs by scope, memory of each phase) and hands
+back the group's timing slots; celora_bench.rounds times the slots
+of every group alive at once in rounds; ``rows`` turns the group's slots into result rows.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from typing import Callable
 from celora_bench import flops as F
 from celora_bench import memory
 from celora_bench.cases import Case, Row
-from celora_bench.timing import TimingBudget, kernel_samples, launch_bound, time_interleaved
+from celora_bench.rounds import Slot
+from celora_bench.timing import launch_bound
 
 PROFILER_WHAT = "bytes allocated by ops inside the component (profiler, gross, not a peak)"
 STEP_WHAT = "bytes allocated by every op of one steady-state forward+backward (profiler, gross; deterministic)"
@@ -55,99 +58,106 @@ class Target:
     count_row: str = "fwd+bwd"
     extra: dict[str, dict] = field(default_factory=dict)   # component -> facts merged into its row's extra
 
+    @property
+    def timed(self) -> dict[str, Callable]:
+        return {**self.parts, **self.whole}
 
-def measure_group(items: list[tuple[Case, Target]], budget: TimingBudget, threads: int) -> list[Row]:
-    """Rows for every case of the group; each component is timed across the group A B A B."""
-    device = items[0][0].device
+
+@dataclass
+class Prepared:
+    """One group after its one-off measurements: what rows() needs besides the timing slots."""
+
+    items: list[tuple[Case, Target]]
+    profs: list[F.ScopeProfile]
+    totals: list[int | None]
+    peaks: list[dict[str, tuple[int | None, str]]]
+    slots: list[Slot]
+
+
+def prepare(items: list[tuple[Case, Target]], group: int) -> Prepared:
+    """FLOPs by scope and in total (one profiled forward+backward each), the peak memory of every whole
+    phase (its first calls); and a timing slot per timed callable (celora_bench.rounds warms them up)."""
     none = F.ScopeProfile({}, {}, {}, None)
     profs = [F.profile_scopes(t.count, t.scopes, c.device) if t.count else none for c, t in items]
     totals = [F.torch_total(t.count) if t.count else None for _, t in items]
-    counted, allocated, seconds = ([p.flops for p in profs], [p.bytes for p in profs],
-                                   [p.seconds for p in profs])
+    peaks: list[dict] = []
+    for case, target in items:
+        peaks.append({name: memory.phase_peak(fn, case.device) for name, fn in target.whole.items()})
+    slots = [Slot(group, case.id, name, fn) for case, target in items for name, fn in target.timed.items()]
+    return Prepared(items, profs, totals, peaks, slots)
 
-    times: list[dict] = [{} for _ in items]
-    kernels: list[dict] = [{} for _ in items]
-    peaks: list[dict] = [{} for _ in items]
-    names = list(dict.fromkeys(n for _, t in items for n in (*t.parts, *t.whole)))
-    for name in names:           # in declaration order; a whole phase's memory right after its timing
-        idx = [i for i, (_, t) in enumerate(items) if name in t.parts or name in t.whole]
-        fns = [{**items[i][1].parts, **items[i][1].whole}[name] for i in idx]
-        for i, stats in zip(idx, time_interleaved(fns, device, budget, threads)):
-            times[i][name] = stats
-        if device.startswith("cuda"):     # CPU ops run synchronously: no launch queue to hide behind
-            for i, fn in zip(idx, fns):
-                kernels[i][name] = kernel_samples(fn, device)
-        for i, fn in zip(idx, fns):
-            if name in items[i][1].whole:
-                peaks[i][name] = memory.phase_peak(fn, items[i][0].device)
 
-    rows: list[Row] = []
-    for i, (case, target) in enumerate(items):
-        first = len(rows)
+def rows(p: Prepared) -> list[Row]:
+    """Rows for every case of the group from what its slots measured so far."""
+    slot = {s.key: s for s in p.slots}
+    out: list[Row] = []
+    for i, (case, target) in enumerate(p.items):
+        counted, allocated, seconds = p.profs[i].flops, p.profs[i].bytes, p.profs[i].seconds
+        first = len(out)
         has_count = target.count is not None
+
+        def timed(name):
+            s = slot[(case.id, name)]
+            return dict(samples=tuple(s.samples), rounds=tuple(s.rounds))
+
         for name, fn in target.parts.items():
-            fl, al, note = counted[i].get(name), allocated[i].get(name, 0), target.notes.get(name, "")
+            fl, al, note = counted.get(name), allocated.get(name, 0), target.notes.get(name, "")
             if has_count and fl is None:
                 # not in a steady-state step (e.g. an index refresh): count the part alone
                 alone = F.profile_scopes(fn, (), case.device)
                 fl, al = sum(alone.flops.values()), sum(alone.bytes.values())
                 note = "; ".join(x for x in (note, "counted alone: not part of a steady-state step") if x)
-            rows.append(Row(case, name, times[i][name].samples, target.analytic.get(name),
-                            fl if has_count else None, al if has_count else None, PROFILER_WHAT, note))
+            out.append(Row(case, name, flops_analytic=target.analytic.get(name),
+                           flops_counted=fl if has_count else None, mem_bytes=al if has_count else None,
+                           mem_what=PROFILER_WHAT, note=note, **timed(name)))
         for name, (source, divisor) in target.amortized.items():
-            if source in times[i]:
-                rows.append(Row(case, name, tuple(s / divisor for s in times[i][source].samples),
-                                note=f"{source} / {divisor}"))
+            src = slot.get((case.id, source))
+            if src is not None:
+                out.append(Row(case, name, tuple(t / divisor for t in src.samples), note=f"{source} / {divisor}",
+                               rounds=tuple(src.rounds)))
         for name in target.whole:
-            peak, what = peaks[i][name]
+            peak, what = p.peaks[i][name]
             whole_total = name == target.count_row and has_count
-            rows.append(Row(case, name, times[i][name].samples, target.analytic.get(name),
-                            totals[i] if whole_total else None, peak, what, target.notes.get(name, ""),
-                            {"other_flops": counted[i].get("other", 0)} if whole_total else {}))
+            out.append(Row(case, name, flops_analytic=target.analytic.get(name),
+                           flops_counted=p.totals[i] if whole_total else None, mem_bytes=peak, mem_what=what,
+                           note=target.notes.get(name, ""),
+                           extra={"other_flops": counted.get("other", 0)} if whole_total else {}, **timed(name)))
         for name, scope in target.flop_rows.items():
-            rows.append(Row(case, name, (), target.analytic.get(name),
-                            counted[i].get(scope, 0) if scope and has_count else None,
-                            note=target.notes.get(name, ""),
-                            extra={"profiled_s": seconds[i].get(scope)} if scope else {}))
-        rows[first:] = [_with_kernel(replace(r, extra={**r.extra, **target.extra[r.component]})
-                                     if r.component in target.extra else r, kernels[i].get(r.component))
-                        for r in rows[first:]]
+            out.append(Row(case, name, (), target.analytic.get(name),
+                           counted.get(scope, 0) if scope and has_count else None,
+                           note=target.notes.get(name, ""),
+                           extra={"profiled_s": seconds.get(scope)} if scope else {}))
+        out[first:] = [_with_kernel(replace(r, extra={**r.extra, **target.extra[r.component]})
+                                    if r.component in target.extra else r, slot.get((case.id, r.component)))
+                       for r in out[first:]]
         if has_count:
-            rows.append(Row(case, "step.alloc", mem_bytes=sum(allocated[i].values()), mem_what=STEP_WHAT,
-                            extra={"flops_by_scope": counted[i], "bytes_by_scope": allocated[i],
-                                   "seconds_by_scope": seconds[i], "profiled_wall_s": profs[i].wall_s,
-                                   "profiled_device_s": profs[i].device_s}))
+            out.append(Row(case, "step.alloc", mem_bytes=sum(allocated.values()), mem_what=STEP_WHAT,
+                           extra={"flops_by_scope": counted, "bytes_by_scope": allocated,
+                                  "seconds_by_scope": seconds, "profiled_wall_s": p.profs[i].wall_s,
+                                  "profiled_device_s": p.profs[i].device_s}))
         if target.state_bytes is not None:
-            rows.append(Row(case, "state", mem_bytes=target.state_bytes, mem_what=target.state_what))
-    return rows
-
-
-def retime(items: list[tuple[Case, Target]], names: set[str], budget: TimingBudget,
-           threads: int) -> dict[tuple[str, str], tuple[float, ...]]:
-    """(case id, component) -> new time samples of the named components, each timed again across the
-    group A B A B as measure_group timed it (derived rows such as "selection.amortized" follow their source)."""
-    device = items[0][0].device
-    out = {}
-    for name in names:
-        idx = [i for i, (_, t) in enumerate(items) if name in t.parts or name in t.whole]
-        fns = [{**items[i][1].parts, **items[i][1].whole}[name] for i in idx]
-        for i, stats in zip(idx, time_interleaved(fns, device, budget, threads)):
-            case, target = items[i]
-            out[(case.id, name)] = stats.samples
-            for derived, (source, divisor) in target.amortized.items():
-                if source == name:
-                    out[(case.id, derived)] = tuple(t / divisor for t in stats.samples)
+            out.append(Row(case, "state", mem_bytes=target.state_bytes, mem_what=target.state_what))
     return out
 
 
-def _with_kernel(row: Row, samples: tuple[float, ...] | None) -> Row:
-    """The row with its device-time samples and the launch-bound mark (CUDA only)."""
-    if not samples or not row.samples:
+def _with_kernel(row: Row, slot: Slot | None) -> Row:
+    """The row with its device-time samples, their rounds and the launch-bound mark (CUDA only)."""
+    if slot is None or not slot.kernel or not row.samples:
         return row
-    k = statistics.median(samples)
-    return replace(row, extra={**row.extra, "kernel_samples": list(samples), "kernel_s": k,
+    k = statistics.median(slot.kernel)
+    return replace(row, extra={**row.extra, "kernel_samples": list(slot.kernel),
+                               "kernel_rounds": list(slot.kernel_rounds), "kernel_s": k,
                                "launch_bound": launch_bound(statistics.median(row.samples), k)})
 
 
-def measure(case: Case, target: Target, budget: TimingBudget, threads: int) -> list[Row]:
-    return measure_group([(case, target)], budget, threads)
+def measure_group(items: list[tuple[Case, Target]], budget, threads: int, seed: int = 0) -> list[Row]:
+    """One group alone: prepared, warmed up and timed for budget.rounds rounds (no extension, no verdict):
+    for scripts and tests; runs go through celora_bench.runner."""
+    from celora_bench.rounds import Sampler
+
+    p = prepare(items, 0)
+    sampler = Sampler(p.slots, items[0][0].device, budget, threads, seed)
+    sampler.warm_up()
+    for _ in range(budget.fixed or budget.rounds):
+        sampler.round()
+    return rows(p)

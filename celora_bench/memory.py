@@ -32,6 +32,17 @@ def rss_supported() -> bool:
         return False
 
 
+def rss_and_total() -> tuple[int | None, int | None]:
+    """(the process's resident bytes, the machine's memory in bytes); None where /proc cannot tell."""
+    try:
+        rss = _status_kib("VmRSS") * 1024
+        with open("/proc/meminfo") as f:
+            total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+        return rss, total
+    except (OSError, StopIteration, ValueError):
+        return None, None
+
+
 def rss_phase(fn: Callable[[], object]) -> int | None:
     """Bytes the phase raised the process's resident set above where it started; None off Linux."""
     if not rss_supported():

@@ -3,7 +3,7 @@
     {"schema": "celora-bench/results", "version": 1,
      "machine_info": {...}, "commit_info": {...}, "datetime": "...",
      "run": {"suites": [...], "mode": ..., "device": ..., "dtype": ..., "filter": ..., "argv": [...]},
-     "status": "running" | "complete" | "interrupted" | "failed",
+     "status": "running" | "complete" | "complete-with-errors" | "interrupted" (Ctrl-C) | "partial" (SIGTERM),
      "flops_convention": "...", "rows": [Row...], "errors": [...], "verdicts": {suite: [...]}}
 """
 from __future__ import annotations
@@ -42,6 +42,11 @@ class Run:
 
     def done_case_ids(self) -> set[str]:
         return {r.case.id for r in self.rows}
+
+    def drop_partial(self) -> None:
+        """Forgets the cases a stopped run had not finished measuring, so that a resume measures them anew."""
+        partial = set(self.run.pop("partial_cases", []))
+        self.rows = [r for r in self.rows if r.case.id not in partial]
 
     def add(self, rows: list[Row]) -> None:
         self.rows.extend(rows)

@@ -6,7 +6,8 @@ A suite is one module in suites/ with:
     setup(case) -> measure.Target              what the engine times, counts and weighs
       or run_case(case, ctx: Context) -> rows  for suites that measure something else
     verdict(rows) -> list[Check]               the rules the suite exists for
-and optionally group_key(case): cases with the same key are timed interleaved.
+and optionally group_key(case): cases with the same key are timed interleaved, and JUDGED:
+the components its verdict reads (they get more rounds than the rest, celora_bench.runner).
 """
 from __future__ import annotations
 
@@ -61,9 +62,12 @@ class Check:
 
     status: PASS (the whole interval clears the line), FAIL (the whole interval
     misses it), NOISE ("within noise": the interval straddles the line) or INFO
-    (reported, no target). lo, hi: the interval of a timed value (None for exact
-    quantities such as FLOPs). kind: "measured" (a measurement judged against a
-    line), "exact" (a consistency check, e.g. counted FLOPs == analytic) or "info".
+    (reported, no target). lo, hi: the 95% interval of a timed value (None for
+    exact quantities, or too few rounds). kind: "measured" (a timed value judged
+    against a line), "exact" (a count that must equal its rule, e.g. counted FLOPs
+    == analytic) or "info" (context, judged by nothing).
+    reads: the (case id, component) series a timed check is computed from; the runner gives
+    those more rounds while the check is within noise. rounds: how many rounds its interval used.
     """
 
     check: str
@@ -76,14 +80,28 @@ class Check:
     lo: float | None = None
     hi: float | None = None
     kind: str = "measured"
+    reads: tuple[tuple[str, str], ...] = ()
+    rounds: int = 0
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["reads"] = [list(k) for k in self.reads]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Check":
+        known = {f for f in cls.__dataclass_fields__}
+        d = {k: v for k, v in d.items() if k in known}
+        d["reads"] = tuple(tuple(k) for k in d.get("reads", ()))
+        return cls(**d)
 
 
 def budget_for(mode: str) -> TimingBudget:
-    """CPU: seconds per callable; CUDA: events over cuda_reps calls after cuda_warmup (fewer in quick,
-    whose ~100 GPU cases must fit in a few minutes)."""
+    """Rounds per mode (celora_bench.rounds). Quick: 3 rounds of every component, 8 of those a verdict
+    reads, extended to 16 and then 24 rounds for checks still within noise, while the run is under
+    150 s (the README's first command must finish in under 3 minutes on a 2-core machine).
+    Full: 4, 10, extended to 20 and 30, no run-time limit."""
     if mode == "quick":
-        return TimingBudget(min_s=0.05, max_s=0.25, cuda_warmup=5, cuda_reps=25)
-    return TimingBudget(min_s=0.1, max_s=0.5)
+        return TimingBudget(all_rounds=3, rounds=8, stages=(16, 24), max_run_s=150.0, block_s=0.03,
+                            cuda_warmup=3, cuda_reps=5)
+    return TimingBudget(all_rounds=4, rounds=10, stages=(20, 30), block_s=0.05, cuda_warmup=5, cuda_reps=10)

@@ -1,22 +1,18 @@
-"""Timing callables: torch.utils.benchmark on CPU, CUDA events on GPU. Raw samples kept.
+"""Timing one block of a callable (wall clock on the CPU, CUDA events on a GPU) and its device time.
 
-Callables that will be compared are timed interleaved (A B A B ...), so drift
-in the machine's speed lands on both sides of a ratio.
+The sampling design that decides *when* each block runs (rounds spread over the run, randomized
+order) is celora_bench.rounds; this module only times. Raw samples are kept by the caller.
 """
 from __future__ import annotations
 
 import statistics
 import time
-import timeit
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from torch.utils import benchmark
 
 SPREAD_LIMIT = 0.10   # IQR / median above this is flagged, as torch's Measurement warns
-MIN_SAMPLES = 4
-BLOCK_S = 0.005       # each sample is the mean of enough calls to last about this long (5 ms)
 
 
 @dataclass(frozen=True)
@@ -57,139 +53,151 @@ class TimeStats:
 
 @dataclass(frozen=True)
 class TimingBudget:
-    """Per callable: at least MIN_SAMPLES samples; stop once past min_s seconds with
-    IQR/median under SPREAD_LIMIT, or once past max_s."""
+    """How many rounds each callable gets, and how long one block lasts.
 
-    min_s: float = 0.2
-    max_s: float = 1.0
-    cuda_warmup: int = 10
-    cuda_reps: int = 50
-    fixed: int | None = None      # exactly this many one-call samples (data-parallel ranks must agree)
+    all_rounds: rounds of every timed callable (the descriptive breakdown).
+    rounds: rounds of the callables a verdict reads (a suite's JUDGED components), >= all_rounds.
+    stages: further totals of rounds for the callables of checks still undecided after the
+        previous look, e.g. (16, 24): extend to 16 rounds, look, extend to 24, look.
+    max_run_s: no extension starts once the run has lasted this long (None: no limit).
+    block_s: a CPU block repeats its callable until it has lasted this long (at least one call).
+    cuda_warmup: calls of each callable before its first round (CUDA).
+    cuda_reps: calls per CUDA block (one pair of events around them).
+    fixed: exactly this many rounds of one-call blocks, no extension (data-parallel ranks must agree).
+    """
+
+    all_rounds: int = 3
+    rounds: int = 8
+    stages: tuple[int, ...] = (16, 24)
+    max_run_s: float | None = None
+    block_s: float = 0.02
+    cuda_warmup: int = 3
+    cuda_reps: int = 10
+    fixed: int | None = None
 
     def __post_init__(self):
-        if not 0 < self.min_s <= self.max_s:
-            raise ValueError(f"TimingBudget min_s={self.min_s}, max_s={self.max_s} is invalid; "
-                             f"allowed: 0 < min_s <= max_s")
+        if not 1 <= self.all_rounds <= self.rounds:
+            raise ValueError(f"TimingBudget all_rounds={self.all_rounds}, rounds={self.rounds} is invalid; "
+                             f"allowed: 1 <= all_rounds <= rounds")
+        if list(self.stages) != sorted(set(self.stages)) or (self.stages and self.stages[0] <= self.rounds):
+            raise ValueError(f"TimingBudget stages={self.stages} is invalid; allowed: increasing totals "
+                             f"above rounds={self.rounds}")
+        if self.block_s <= 0 or self.cuda_reps < 1 or self.cuda_warmup < 0:
+            raise ValueError(f"TimingBudget block_s={self.block_s}, cuda_reps={self.cuda_reps}, "
+                             f"cuda_warmup={self.cuda_warmup} is invalid; allowed: block_s > 0, "
+                             f"cuda_reps >= 1, cuda_warmup >= 0")
+
+    @property
+    def max_rounds(self) -> int:
+        return self.fixed or (self.stages[-1] if self.stages else self.rounds)
 
 
-def _settled(samples: list[float]) -> bool:
-    return len(samples) >= MIN_SAMPLES and not TimeStats(tuple(samples)).spread
+def cpu_block(fn: Callable[[], object], block_s: float, one_call: bool = False) -> float:
+    """Seconds per call of fn: the mean over as many back-to-back calls as fill block_s (at least one)."""
+    calls = 0
+    t0 = time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if one_call or elapsed >= block_s:
+            return elapsed / calls
 
 
-def time_cpu_interleaved(fns: Sequence[Callable[[], object]], budget: TimingBudget,
-                         threads: int) -> list[TimeStats]:
-    """Round robin over the callables, one block each per round, until each has settled or spent its budget.
+class CudaBlocks:
+    """CUDA events around blocks of calls, read after one synchronization per batch."""
 
-    torch.utils.benchmark.Timer.timeit runs two warm-up calls before every block
-    (tripling the cost of a 200 ms op), so blocks are timed by the stdlib
-    timeit.Timer that it wraps, under its thread setting; one warm-up per callable.
-    """
-    if budget.fixed:
-        return _fixed_rounds(fns, budget.fixed, threads)
-    samples: list[list[float]] = [[] for _ in fns]
-    with benchmark.utils.common.set_torch_threads(threads):
-        timers, numbers = [], []
-        for fn in fns:
-            t0 = time.perf_counter()
-            fn()                                   # warm-up
-            one = time.perf_counter() - t0
-            if one < BLOCK_S:                      # a short call: estimate from a warm second call
-                t0 = time.perf_counter()
-                fn()
-                one = max(time.perf_counter() - t0, 1e-7)
-            numbers.append(max(1, int(BLOCK_S / one)))
-            timers.append(timeit.Timer(stmt="fn()", globals={"fn": fn}))
-        spent = [0.0] * len(fns)
-        active = set(range(len(fns)))
-        while active:
-            for i in sorted(active):
-                block = timers[i].timeit(numbers[i])
-                samples[i].append(block / numbers[i])
-                spent[i] += block
-                if len(samples[i]) >= MIN_SAMPLES and (
-                        spent[i] >= budget.max_s or (spent[i] >= budget.min_s and _settled(samples[i]))):
-                    active.discard(i)
-    return [TimeStats(tuple(s)) for s in samples]
+    def __init__(self, reps: int):
+        self.reps = reps
+        self.marks: list[tuple[object, object]] = []
 
-
-def _fixed_rounds(fns, rounds: int, threads: int) -> list[TimeStats]:
-    """One warm-up, then exactly ``rounds`` single calls each, interleaved: the same calls on every rank."""
-    samples: list[list[float]] = [[] for _ in fns]
-    with benchmark.utils.common.set_torch_threads(threads):
-        for fn in fns:
+    def time(self, fn: Callable[[], object]) -> int:
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(self.reps):
             fn()
-        for _ in range(rounds):
-            for i, fn in enumerate(fns):
-                t0 = time.perf_counter()
-                fn()
-                samples[i].append(time.perf_counter() - t0)
-    return [TimeStats(tuple(s)) for s in samples]
+        e.record()
+        self.marks.append((s, e))
+        return len(self.marks) - 1
 
-
-def time_cuda_interleaved(fns: Sequence[Callable[[], object]], budget: TimingBudget) -> list[TimeStats]:
-    """CUDA events around each call after warm-up, alternating the callables; one sync at the end."""
-    for fn in fns:
-        for _ in range(budget.cuda_warmup):
-            fn()
-    torch.cuda.synchronize()
-    events = [[] for _ in fns]
-    for _ in range(budget.cuda_reps):
-        for i, fn in enumerate(fns):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            events[i].append((s, e))
-    torch.cuda.synchronize()
-    return [TimeStats(tuple(s.elapsed_time(e) / 1e3 for s, e in ev)) for ev in events]
-
-
-def time_interleaved(fns: Sequence[Callable[[], object]], device: str, budget: TimingBudget,
-                     threads: int) -> list[TimeStats]:
-    if device.startswith("cuda"):
-        return time_cuda_interleaved(fns, budget)
-    return time_cpu_interleaved(fns, budget, threads)
-
-
-def time_fn(fn: Callable[[], object], device: str, budget: TimingBudget, threads: int) -> TimeStats:
-    return time_interleaved([fn], device, budget, threads)[0]
+    def read(self) -> list[float]:
+        """Seconds per call of every block timed since the last read, in order."""
+        torch.cuda.synchronize()
+        out = [s.elapsed_time(e) / 1e3 / self.reps for s, e in self.marks]
+        self.marks = []
+        return out
 
 
 REP_SCOPE = "celora_bench.rep"
 LAUNCH_MARGIN = 0.25   # wall time over kernel time by more than 25%: the row is launch-bound
 
 
-def kernel_samples(fn: Callable[[], object], device: str, reps: int = 5) -> tuple[float, ...]:
-    """Seconds of device work per call, one sample per call, from the profiler.
+def kernel_times(fns: Sequence[Callable[[], object]], device: str) -> list[float]:
+    """Seconds of device work of one call of each fn, from one profiler session over all of them.
 
-    CUDA: the device time of every kernel the call launched. CPU: the time spent
-    inside the call's top-level aten ops (the compute and its dispatch; the
-    Python between ops is left out). Compared with the wall time, what is left is
+    CUDA: the device time of every kernel launched while the call ran, from any thread. Autograd
+    runs a CUDA backward on its own device thread, whose ops are not under a scope opened on the
+    calling thread, so the kernels are attributed by time window: every top-level host op (of any
+    thread) that started inside the call's window counts with all the device time it launched.
+    CPU: the same windows over the time spent inside top-level aten ops (the compute and its
+    dispatch; the Python between ops is left out). Compared with the wall time, what is left is
     host overhead: launch latency, Python, synchronisation.
     """
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    cuda = device.startswith("cuda")
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     from celora_bench.flops import _quiet_stderr
 
-    fn()                                               # not the first call: caches and allocator warm
-    with _quiet_stderr(), profile(activities=acts) as prof:
-        for _ in range(reps):
-            with record_function(REP_SCOPE):
+    cuda = device.startswith("cuda")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with _quiet_stderr(), profile(activities=acts, **_all_threads()) as prof:
+        for i, fn in enumerate(fns):
+            with record_function(f"{REP_SCOPE}.{i}"):
                 fn()
-        if cuda:
-            torch.cuda.synchronize()
-    out = []
-    for e in prof.events():
-        if e.name != REP_SCOPE or e.device_type != DeviceType.CPU:
+            if cuda:
+                torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == DeviceType.CPU]
+    windows = {}
+    for e in events:
+        if e.name.startswith(REP_SCOPE + "."):
+            windows[int(e.name.rsplit(".", 1)[1])] = (e.time_range.start, e.time_range.end)
+    out = [0.0] * len(fns)
+    for e in events:
+        if not _outermost(e, cuda):
             continue
-        if cuda:
-            out.append(e.device_time_total / 1e6)
-        else:
-            out.append(sum(c.cpu_time_total for c in e.cpu_children if c.name.startswith("aten::")) / 1e6)
-    return tuple(out)
+        for i, (t0, t1) in windows.items():
+            if t0 <= e.time_range.start <= t1:
+                out[i] += (e.device_time_total if cuda else e.cpu_time_total) / 1e6
+                break
+    return out
+
+
+def _all_threads() -> dict:
+    """Profiler options that record ops of every thread, not only those that inherit its state
+    (autograd's device threads do; a plain thread does only with profile_all_threads, torch >= 2.6)."""
+    try:
+        return {"experimental_config": torch._C._profiler._ExperimentalConfig(profile_all_threads=True)}
+    except (AttributeError, TypeError):
+        return {}
+
+
+def _outermost(e, cuda: bool) -> bool:
+    """Counted once: CUDA, a host op with no parent but the rep scope (its device time includes its
+    children's kernels); CPU, an aten op with no aten op above it (autograd's node scopes sit between)."""
+    if e.name.startswith(REP_SCOPE) or not (cuda or e.name.startswith("aten::")):
+        return False
+    p = e.cpu_parent
+    while p is not None:
+        if (cuda and not p.name.startswith(REP_SCOPE)) or p.name.startswith("aten::"):
+            return False
+        p = p.cpu_parent
+    return True
+
+
+def kernel_samples(fn: Callable[[], object], device: str, reps: int = 5) -> tuple[float, ...]:
+    """Seconds of device work per call, one sample per call (kernel_times over reps calls of fn)."""
+    fn()                                               # not the first call: caches and allocator warm
+    return tuple(kernel_times([fn] * reps, device))
 
 
 def launch_bound(wall_median: float, kernel_median: float, margin: float = LAUNCH_MARGIN) -> bool:

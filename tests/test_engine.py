@@ -10,13 +10,14 @@ from torch import nn
 import core
 from celora_bench import flops, memory, results, runner
 from celora_bench.cases import Case, Row
-from celora_bench.measure import measure
+from celora_bench.measure import measure_group
+from celora_bench.rounds import time_rounds
 from celora_bench.suite import Options
-from celora_bench.timing import TimeStats, TimingBudget, time_fn
+from celora_bench.timing import TimeStats, TimingBudget
 from core.flops import COMPONENTS, layer_flops
 from suites import layer_bench
 
-FAST = TimingBudget(min_s=0.01, max_s=0.3)
+FAST = TimingBudget(all_rounds=2, rounds=4, stages=(), block_s=0.002)
 
 
 def small_case(provider="dense", **kw):
@@ -31,9 +32,9 @@ def test_time_stats_derive_from_raw_samples():
     assert not TimeStats((1.0, 1.01, 0.99, 1.0)).spread
 
 
-def test_time_fn_keeps_samples():
-    stats = time_fn(lambda: torch.mm(torch.ones(8, 8), torch.ones(8, 8)), "cpu", FAST, 1)
-    assert stats.count >= 4 and all(t > 0 for t in stats.samples)
+def test_time_rounds_keeps_one_sample_per_round():
+    stats = time_rounds([lambda: torch.mm(torch.ones(8, 8), torch.ones(8, 8))] * 2, "cpu", FAST, 1, rounds=5)
+    assert [s.count for s in stats] == [5, 5] and all(t > 0 for s in stats for t in s.samples)
 
 
 @pytest.mark.parametrize("m,n,N,r", [(48, 32, 24, 4), (64, 96, 17, 8), (512, 128, 64, 16)])
@@ -92,13 +93,13 @@ def test_cuda_phase_counts_allocated_bytes():
 
 def test_measure_one_case_end_to_end():
     case = small_case("celora", keep_ratio=0.5, svd_rank=2)
-    rows = measure(case, layer_bench.setup(case), FAST, 1)
+    rows = measure_group([(case, layer_bench.setup(case))], FAST, 1)
     by = {r.component: r for r in rows}
     assert set(COMPONENTS) <= set(by) and {"selection", "selection.amortized", "fwd", "bwd", "fwd+bwd",
                                            "state"} <= set(by)
     for comp in COMPONENTS:
         assert by[comp].flops_counted == by[comp].flops_analytic
-        assert by[comp].time.count >= 4
+        assert by[comp].time.count == FAST.rounds and by[comp].rounds == tuple(range(FAST.rounds))
     assert by["fwd+bwd"].flops_counted == by["fwd+bwd"].flops_analytic
     amort = by["selection.amortized"].time.median
     assert amort == pytest.approx(by["selection"].time.median / case.tau)
