@@ -7,7 +7,6 @@ the verdict: is the G_y·W0 share ~50%, and is it cut to p×?
 from __future__ import annotations
 
 import math
-import statistics
 from collections import defaultdict
 
 from celora_bench import intervals as I
@@ -37,11 +36,16 @@ def _providers(rank: int, ps, svd_ranks, cached_at=()) -> list[dict]:
 
 
 def cases(opts: Options) -> list[Case]:
-    """The sweep for the device: CPU sizes (N ~1-2k) or GPU sizes (N >= 8192; smaller is launch-bound)."""
+    """The sweep for the device: CPU sizes (N ~1-2k) or GPU sizes (N >= 8192; smaller is launch-bound).
+
+    Quick measures each distinct layer shape once (Llama-3.2-1B: q/o, k/v, gate/up, down, the layer
+    labelled "q_proj+o_proj" etc.): time and FLOPs depend on the shape alone, and the block's share
+    weights each shape by how many projections have it. Full measures every projection by name."""
     grid = _cuda_grid(opts) if opts.device.startswith("cuda") else _cpu_grid(opts)
     out = []
     for model, tokens, rank, providers in grid:
-        for layer, (m, n) in model.layer_shapes().items():
+        layers = model.distinct_shapes() if opts.mode == "quick" else model.layer_shapes()
+        for layer, (m, n) in layers.items():
             for kw in providers(layer):
                 out.append(Case(NAME, model=model.name, layer=layer, m=m, n=n, tokens=tokens, rank=rank,
                                 dtype=opts.dtype, device=opts.device, **kw))
@@ -68,8 +72,8 @@ def _every(providers: list[dict]):
 def _paper_providers(rank: int, ps=(0.25, 0.5)):
     """p in ps plus the paper's ratio for the layers that have one, each with r0 = 0 and balanced."""
     def providers(layer: str) -> list[dict]:
-        layer_ps = ps + ((PAPER_RATIOS[layer],) if layer in PAPER_RATIOS else ())
-        return _providers(rank, layer_ps, (0, balanced_rank(rank)))
+        paper = tuple(PAPER_RATIOS[p] for p in models.projections_of(layer) if p in PAPER_RATIOS)
+        return _providers(rank, tuple(dict.fromkeys(ps + paper)), (0, balanced_rank(rank)))
     return providers
 
 
@@ -96,6 +100,7 @@ def _reference_cases(opts: Options) -> list[Case]:
 
 
 setup = layer_bench.setup
+JUDGED = ("fwd+bwd", "bwd.grad_x_frozen", "bwd.grad_h", "selection")   # what the verdict reads: more rounds
 
 
 def group_key(case: Case) -> tuple:
@@ -105,55 +110,30 @@ def group_key(case: Case) -> tuple:
 
 # ---- verdict -----------------------------------------------------------------
 #
-# Every time-based quantity is judged by its interval (celora_bench.intervals): PASS when the
-# whole interval clears the line, FAIL when the whole interval misses it, NOISE ("within noise")
-# otherwise. On CUDA the checks are judged on kernel (device) time, with the wall-time value and
-# the launch-bound mark beside it; on the CPU, whose ops run synchronously, on wall time.
+# Every timed value is computed once per round from that round's samples of every series it reads
+# (paired by round) and judged by its 95% interval between rounds (celora_bench.intervals): PASS when
+# the whole interval clears the line, FAIL when the whole interval misses it, NOISE ("within noise")
+# otherwise, with the reason. On CUDA the checks are judged on kernel (device) time, with the
+# wall-time value and the launch-bound mark beside it; on the CPU, whose ops run synchronously, on
+# wall time. FLOP counts are not measurements: they are one "exact" check per case.
 
-def _group(case: Case) -> tuple:
-    return (case.model, case.tokens, case.rank, case.dtype, case.device)
+SHARE_CHECK = "1. G_y·W0 share of fwd+bwd"
+COST_CHECK = "2. G_y·W0 cost vs dense"
+AMDAHL_CHECK = "3. layer fwd+bwd speed-up vs Amdahl"
+EXACT_CHECK = "0. FLOPs and k as configured"
 
-
-def _index(rows: list[Row]) -> dict[tuple[str, str], Row]:
-    return {(r.case.id, r.component): r for r in rows}
-
-
-def basis(rows: list[Row]) -> str:
-    """"kernel" where the rows carry device-time samples (CUDA), else "wall"."""
-    return "kernel" if any("kernel_samples" in r.extra for r in rows) else "wall"
-
-
-def _samples(row: Row | None, on: str) -> tuple[float, ...]:
-    if row is None:
-        return ()
-    if on == "kernel" and row.extra.get("kernel_samples"):
-        return tuple(row.extra["kernel_samples"])
-    return row.samples
-
-
-def _selection(idx, case: Case, on: str) -> tuple[float, ...]:
-    """The refresh amortized over tau, per call: its samples (zeros where the layer never refreshes)."""
-    row = idx.get((case.id, "selection"))
-    if row is None:
-        return (0.0,)
-    return tuple(t / case.tau for t in _samples(row, on))
-
-
-def _launch(*rows: Row | None) -> str:
-    return "; launch-bound (wall > kernel +25%)" if any(r is not None and r.extra.get("launch_bound")
-                                                        for r in rows) else ""
-
-
-def _within(iv: I.Interval, lo: float, hi: float) -> str:
-    """PASS when [iv.lo, iv.hi] lies inside [lo, hi], FAIL when it lies wholly outside, else NOISE."""
-    if lo <= iv.lo and iv.hi <= hi:
-        return "PASS"
-    if iv.hi < lo or iv.lo > hi:
-        return "FAIL"
-    return "NOISE"
-
-
+# k from the configured p, written here apart from core (core.config.kept): ceil(p·m) rounded up to a
+# multiple a per (device type, bytes per element); a run whose layer kept another k fails.
+K_MULTIPLES = {("cuda", 2): 64, ("cuda", 4): 16, ("cuda", 8): 16}      # anything else: 1
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 SKINNY_MULTIPLE = 16    # the fused operand [s·B | C] is padded to a multiple of 16 columns (core.components)
+
+
+def k_rule(case: Case) -> tuple[int, int]:
+    """(k, a): the kept features the configured p asks for on the case's device and dtype, and the multiple."""
+    a = K_MULTIPLES.get((case.device.split(":")[0], ITEMSIZE.get(case.dtype, 4)), 1)
+    k = min(case.m, max(1, math.ceil(case.keep_ratio * case.m - 1e-9)))
+    return min(case.m, -(-k // a) * a), a
 
 
 def expected_frozen_flops(N: int, m: int, n: int, k: int, r: int, r0: int) -> int:
@@ -168,41 +148,112 @@ def expected_frozen_flops(N: int, m: int, n: int, k: int, r: int, r0: int) -> in
     return 2 * N * (k * n + r0 * n) + 2 * N * m * (w - r)
 
 
+def _group(case: Case) -> tuple:
+    return (case.model, case.tokens, case.rank, case.dtype, case.device)
+
+
+def _index(rows: list[Row]) -> dict[tuple[str, str], Row]:
+    return {(r.case.id, r.component): r for r in rows}
+
+
+def basis(rows: list[Row]) -> str:
+    """"kernel" where the rows carry device-time samples (CUDA), else "wall"."""
+    return "kernel" if any("kernel_samples" in r.extra for r in rows) else "wall"
+
+
+def _series(row: Row, on: str) -> I.Series:
+    return (row.kernel_series() if on == "kernel" else None) or row.series
+
+
+def _timed(row: Row | None) -> bool:
+    return row is not None and bool(row.samples)
+
+
+def _launch(*rows: Row | None) -> str:
+    return "; launch-bound (wall > kernel +25%)" if any(r is not None and r.extra.get("launch_bound")
+                                                        for r in rows) else ""
+
+
+def _why(iv: I.Interval, status: str, *lines: float) -> str:
+    """For a check within noise: why its interval cannot decide, against the nearer line."""
+    if status != "NOISE":
+        return ""
+    return "; undecided: " + iv.undecided_why(min(lines, key=lambda x: abs(iv.value - x)))
+
+
 def _share_checks(idx, dense_cases: list[Case], on: str, scope: str) -> list[Check]:
-    """FLOP share (counted) and time share of G_y·W0 in fwd+bwd, over one layer or summed over a block."""
+    """The time share of G_y·W0 in fwd+bwd over one layer shape, or over a block (each shape weighted by
+    how many projections have it); the counted FLOP share beside it as context."""
     lo, hi = SHARE_RANGE
-    target = f"[{lo:.2f}, {hi:.2f}]"
     comp = [idx.get((c.id, "bwd.grad_x_frozen")) for c in dense_cases]
     whole = [idx.get((c.id, "fwd+bwd")) for c in dense_cases]
-    if any(r is None or not r.samples for r in comp + whole):
+    if not all(_timed(r) for r in comp + whole):
         return []
-    out = []
-    if all(r.flops_counted for r in comp + whole):
-        f = sum(r.flops_counted for r in comp) / sum(r.flops_counted for r in whole)
-        out.append(Check("1. G_y·W0 share of fwd+bwd", scope, "FLOP share (counted)", f, target,
-                         _within(I.exact(f), lo, hi), "profiler count of one real fwd+bwd", f, f))
+    w = [len(models.projections_of(c.layer)) for c in dense_cases]
     L = len(dense_cases)
 
-    def share(*meds):
-        return sum(meds[:L]) / sum(meds[L:])
+    def share(*v):
+        return sum(a * b for a, b in zip(w, v[:L])) / sum(a * b for a, b in zip(w, v[L:]))
 
-    iv = I.bootstrap(share, [_samples(r, on) for r in comp + whole])
-    detail = ""
+    iv = I.over_rounds(share, [_series(r, on) for r in comp + whole])
+    if iv is None:
+        return []
+    status = iv.within(lo, hi)
+    detail = []
+    if all(r.flops_counted for r in comp + whole):
+        detail.append(f"FLOP share {share(*[r.flops_counted for r in comp + whole]):.3f} (counted, context)")
     if on == "kernel":
-        wall = I.bootstrap(share, [r.samples for r in comp + whole])
-        detail = f"wall-time share {wall}" + _launch(*comp, *whole)
-    out.append(Check("1. G_y·W0 share of fwd+bwd", scope, f"time share ({on})", iv.value, target,
-                     _within(iv, lo, hi), detail, iv.lo, iv.hi))
-    return out
+        wall = I.over_rounds(share, [r.series for r in comp + whole])
+        detail.append(f"wall-time share {wall}" + _launch(*comp, *whole))
+    return [Check(SHARE_CHECK, scope, f"time share ({on})", iv.value, f"[{lo:.2f}, {hi:.2f}]", status,
+                  "; ".join(detail) + _why(iv, status, lo, hi), iv.lo, iv.hi,
+                  reads=tuple((r.case.id, r.component) for r in comp + whole), rounds=iv.rounds)]
+
+
+def _exact_check(idx, case: Case, base: Case | None) -> Check | None:
+    """One check per case: every counted FLOP figure equals its analytic count; for CE-LoRA also that the
+    layer kept k = the rule's and that its G_y·W0 FLOP ratio to dense is the rule's."""
+    rows = [r for (cid, _), r in idx.items() if cid == case.id]
+    pairs = [(r.component, r.flops_counted, r.flops_analytic) for r in rows
+             if r.flops_counted is not None and r.flops_analytic is not None]
+    if not pairs:
+        return None
+    bad = [f"{c} counted {got} != analytic {want}" for c, got, want in pairs if got != want]
+    scope = _cost_scope(case) if case.provider == "celora" else f"{case.layer} {case.provider} N={case.tokens}"
+    value, target = float(len(pairs) - len(bad)), f"all {len(pairs)} counted == analytic"
+    c_row, c_gh = idx.get((case.id, "bwd.grad_x_frozen")), idx.get((case.id, "bwd.grad_h"))
+    d_row = idx.get((base.id, "bwd.grad_x_frozen")) if base else None
+    if case.provider == "celora" and c_row is not None:
+        k, a = k_rule(case)
+        r, r0 = case.param("lora_rank", case.rank), c_row.extra.get("r0", case.svd_rank)
+        N, m, n = case.tokens, case.m, case.n
+        k_run = c_row.extra.get("k", k)
+        if k_run != k:
+            bad.append(f"k run {k_run}, rule {k} (ceil(p·m) up to a multiple of {a})")
+        want = expected_frozen_flops(N, m, n, k, r, r0) / (2 * N * m * n)
+        if c_gh is not None and d_row is not None and None not in (c_row.flops_counted, c_gh.flops_counted) \
+                and d_row.flops_counted:
+            value = (c_row.flops_counted + c_gh.flops_counted - 2 * N * m * r) / d_row.flops_counted
+            if abs(value - want) > 1e-9 * want:
+                bad.append(f"G_y·W0 FLOP ratio {value:.6f} != rule {want:.6f}")
+        target = f"FLOP ratio = {want:.4f} (k={k}), counted == analytic"
+    return Check(EXACT_CHECK, scope, "FLOPs (counted) and k", value, target, "FAIL" if bad else "PASS",
+                 "; ".join(bad) or f"{len(pairs)} FLOP counts equal their analytic counts", kind="exact")
 
 
 def verdict(rows: list[Row]) -> list[Check]:
     idx = _index(rows)
     on = basis(rows)
+    if any(r.samples and not r.rounds for r in rows):      # a file from before rounds: nothing to pair
+        return [Check("timed checks", "this results file", "samples without rounds", None, "re-measure", "INFO",
+                      "written before samples were taken in rounds: its times cannot be paired by round; "
+                      "re-measure it to judge them", kind="info")] + [
+            e for case in sorted({r.case for r in rows}, key=lambda c: c.id)
+            if (e := _exact_check(idx, case, _dense_of(rows, case))) is not None]
     checks: list[Check] = []
     dense: dict[tuple, Case] = {}
     for case in sorted({r.case for r in rows if r.case.provider == "dense"},
-                       key=lambda c: (_group(c), _layer_order(c.layer))):
+                       key=lambda c: (_group(c), models.layer_order(c.layer))):
         dense[(_group(case), case.layer)] = case
         checks += _share_checks(idx, [case], on, f"{case.layer} {case.m}x{case.n} N={case.tokens} r={case.rank}")
     blocks: dict[tuple, list[Case]] = defaultdict(list)
@@ -215,73 +266,83 @@ def verdict(rows: list[Row]) -> list[Check]:
         base = dense.get((_group(case), case.layer))
         if base is not None:
             checks += _cost_checks(idx, case, base, on)
+    for case in sorted({r.case for r in rows}, key=lambda c: c.id):
+        exact = _exact_check(idx, case, dense.get((_group(case), case.layer)))
+        if exact is not None:
+            checks.append(exact)
     return checks
 
 
-def _layer_order(layer: str) -> int:
-    return models.PROJECTIONS.index(layer) if layer in models.PROJECTIONS else 99
+def _dense_of(rows: list[Row], case: Case) -> Case | None:
+    return next((r.case for r in rows if r.case.provider == "dense" and _group(r.case) == _group(case)
+                 and r.case.layer == case.layer), None)
+
+
+def _cost_scope(case: Case) -> str:
+    k, _ = k_rule(case)
+    mode = "cached" if case.cache_rows else "lean"
+    return (f"{case.layer} N={case.tokens} r={case.rank} p={case.keep_ratio:g} (k/m={k / case.m:.4g}) "
+            f"r0={case.svd_rank} {mode}")
+
+
+def _selection(idx, case: Case, on: str) -> tuple[I.Series, tuple]:
+    """The refresh amortized over tau, per call, and what it reads (a constant 0 where the layer never refreshes)."""
+    row = idx.get((case.id, "selection"))
+    if not _timed(row):
+        return I.Series.constant(0.0), ()
+    s = _series(row, on)
+    return I.Series(tuple(t / case.tau for t in s.samples), s.rounds), ((case.id, "selection"),)
 
 
 def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:
-    """CE-LoRA's G_y·W0 against dense: its bwd.grad_x_frozen scope plus what its fused skinny product
-    adds to bwd.grad_h (G_y·C shares a pass with G_y·B there) plus the refresh amortized over tau."""
-    c_row, d_row = idx.get((case.id, "bwd.grad_x_frozen")), idx.get((base.id, "bwd.grad_x_frozen"))
-    c_gh, d_gh = idx.get((case.id, "bwd.grad_h")), idx.get((base.id, "bwd.grad_h"))
-    if c_row is None or d_row is None or not c_row.samples or not d_row.samples:
+    """CE-LoRA's G_y·W0 against dense at the configured p, and the layer's speed-up against its Amdahl bound.
+
+    Its cost is the bwd.grad_x_frozen scope plus what its fused skinny product adds to bwd.grad_h (G_y·C
+    shares a pass with G_y·B there) plus the refresh amortized over tau; the layer's fwd+bwd is charged the
+    amortized refresh too (the timed fwd+bwd reuses the index: tau counts optimizer steps)."""
+    get = {name: (idx.get((case.id, name)), idx.get((base.id, name)))
+           for name in ("bwd.grad_x_frozen", "bwd.grad_h", "fwd+bwd")}
+    c_row, d_row = get["bwd.grad_x_frozen"]
+    if not (_timed(c_row) and _timed(d_row)):
         return []
-    facts = c_row.extra                      # what the layer ran: k, its multiple, r0 (layer_bench)
-    m, n, N, r = case.m, case.n, case.tokens, case.param("lora_rank", case.rank)
-    a = facts.get("k_multiple", 1)
-    k_rule = min(m, -(-math.ceil(case.keep_ratio * m - 1e-9) // a) * a)   # ceil(p·m) up to a multiple of a
-    k, r0 = facts.get("k", k_rule), facts.get("r0", case.svd_rank)
-    p_eff = k / m
-    mode = "cached" if case.cache_rows else "lean"
-    scope = f"{case.layer} N={N} r={case.rank} p={case.keep_ratio:g} (k/m={p_eff:.4g}) r0={r0} {mode}"
+    k, _ = k_rule(case)
+    p = k / case.m                              # the configured p, on the device's k multiple
+    scope = _cost_scope(case)
+    sel, sel_reads = _selection(idx, case, on)
     out = []
-    # 2a. FLOPs actually run vs what the config says they must be (k from the rule, not from core)
-    want = expected_frozen_flops(N, m, n, k_rule, r, r0) / (2 * N * m * n)
-    gh_counted = c_gh.flops_counted if c_gh is not None else None
-    if c_row.flops_counted is not None and d_row.flops_counted and gh_counted is not None:
-        got = (c_row.flops_counted + gh_counted - 2 * N * m * r) / d_row.flops_counted
-        ok = k == k_rule and abs(got - want) <= 1e-9 * want
-        out.append(Check("2. G_y·W0 cost vs dense", scope, "FLOP ratio (counted)", got,
-                         f"= {want:.4f} (k={k_rule}: ceil(p·m) up to a multiple of {a}, r0 terms)",
-                         "PASS" if ok else "FAIL", f"k run {k}, rule {k_rule}", got, got))
-        exact = all(x.flops_counted == x.flops_analytic for x in (c_row, c_gh))
-        out.append(Check("2. G_y·W0 cost vs dense", scope, "counted = analytic FLOPs", got,
-                         "counted == analytic", "PASS" if exact else "FAIL",
-                         f"G_y·W0 counted {c_row.flops_counted}, analytic {c_row.flops_analytic}; grad_h counted "
-                         f"{c_gh.flops_counted}, analytic {c_gh.flops_analytic}", got, got, kind="exact"))
-    # 2b. its time, the skinny product's share of grad_h and the refresh (over tau) charged, vs dense
-    sel = _selection(idx, case, on)
-    if c_gh is not None and d_gh is not None and c_gh.samples and d_gh.samples:
-        lists, paired = [_samples(c_row, on), _samples(d_row, on), _samples(c_gh, on), _samples(d_gh, on), sel], \
-            [(0, 1), (2, 3)]
+    c_gh, d_gh = get["bwd.grad_h"]
+    series = [_series(c_row, on), _series(d_row, on), sel]
+    reads = ((case.id, "bwd.grad_x_frozen"), (base.id, "bwd.grad_x_frozen")) + sel_reads
+    if _timed(c_gh) and _timed(d_gh):
+        series += [_series(c_gh, on), _series(d_gh, on)]
+        reads += ((case.id, "bwd.grad_h"), (base.id, "bwd.grad_h"))
 
-        def ratio(c, d, cg, dg, s):
-            return (c + (cg - dg) + s) / d
-    else:
-        lists, paired = [_samples(c_row, on), _samples(d_row, on), sel], [(0, 1)]
+    def ratio(c, d, s, cg=0.0, dg=0.0):
+        return (c + (cg - dg) + s) / d
 
-        def ratio(c, d, s):
-            return (c + s) / d
-    iv = I.bootstrap(ratio, lists, paired)
-    line = TIME_SLACK * p_eff
-    out.append(Check("2. G_y·W0 cost vs dense", scope, f"time ratio incl. selection ({on})", iv.value,
-                     f"<= {line:.3f} (1.15·k/m)", iv.judge(line, above=False),
-                     f"ratio/p = {iv.value / p_eff:.3f}" + _launch(c_row, d_row), iv.lo, iv.hi))
-    # 3. the whole layer against the Amdahl bound of the measured dense share
-    cw, dw = idx.get((case.id, "fwd+bwd")), idx.get((base.id, "fwd+bwd"))
-    if cw is not None and dw is not None and cw.samples and dw.samples:
-        def fraction(d_whole, c_whole, d_comp):
-            s = d_comp / d_whole
-            return (d_whole / c_whole) * (1 - s + s * p_eff)      # speed-up / bound 1/(1 - s + s·p)
-        lists = [_samples(dw, on), _samples(cw, on), _samples(d_row, on)]
-        iv = I.bootstrap(fraction, lists, [(0, 1)])
-        speed = statistics.median(lists[0]) / statistics.median(lists[1])
-        s = statistics.median(lists[2]) / statistics.median(lists[0])
-        out.append(Check("3. layer fwd+bwd speed-up vs Amdahl", scope, f"speed-up / bound ({on})", iv.value,
-                         f">= {AMDAHL_FRACTION:.2f}", iv.judge(AMDAHL_FRACTION, above=True),
-                         f"speed-up {speed:.3f}×, bound {1 / (1 - s + s * p_eff):.3f} from share {s:.3f}"
-                         + _launch(cw, dw), iv.lo, iv.hi))
+    iv = I.over_rounds(ratio, series)
+    if iv is not None:
+        line = TIME_SLACK * p
+        status = iv.judge(line, above=False)
+        out.append(Check(COST_CHECK, scope, f"time ratio incl. selection ({on})", iv.value,
+                         f"<= {line:.3f} (1.15·k/m)", status,
+                         f"ratio/p = {iv.value / p:.3f}" + _launch(c_row, d_row) + _why(iv, status, line),
+                         iv.lo, iv.hi, reads=reads, rounds=iv.rounds))
+    cw, dw = get["fwd+bwd"]
+    if _timed(cw) and _timed(dw):
+        def fraction(d_whole, c_whole, d_comp, s):
+            share = d_comp / d_whole
+            return d_whole / (c_whole + s) * (1 - share + share * p)     # speed-up / bound 1/(1 - s + s·p)
+        iv = I.over_rounds(fraction, [_series(dw, on), _series(cw, on), _series(d_row, on), sel])
+        if iv is not None:
+            status = iv.judge(AMDAHL_FRACTION, above=True)
+            speed = I.over_rounds(lambda a, b, s: a / (b + s), [_series(dw, on), _series(cw, on), sel])
+            share = I.over_rounds(lambda a, b: b / a, [_series(dw, on), _series(d_row, on)])
+            out.append(Check(AMDAHL_CHECK, scope, f"speed-up / bound ({on})", iv.value,
+                             f">= {AMDAHL_FRACTION:.2f}", status,
+                             f"speed-up {speed.value:.3f}×, bound {1 / (1 - share.value + share.value * p):.3f} "
+                             f"from share {share.value:.3f}, selection charged" + _launch(cw, dw)
+                             + _why(iv, status, AMDAHL_FRACTION), iv.lo, iv.hi,
+                             reads=((base.id, "fwd+bwd"), (case.id, "fwd+bwd"), (base.id, "bwd.grad_x_frozen"))
+                             + sel_reads, rounds=iv.rounds))
     return out

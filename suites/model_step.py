@@ -193,9 +193,9 @@ def _by(rows: list[Row]) -> dict[tuple[Case, str], Row]:
     return {(r.case, r.component): r for r in rows}
 
 
-def _step_samples(by, case) -> tuple[float, ...]:
+def _step_samples(by, case) -> I.Series | None:
     row = by.get((case, "step"))
-    return row.samples if row is not None and row.samples else ()
+    return row.series if row is not None and row.samples else None
 
 
 def time_share(prof: Row | None) -> tuple[float | None, str]:
@@ -229,16 +229,16 @@ def verdict(rows: list[Row]) -> list[Check]:
             if share is not None:
                 checks.append(Check("1. model-level G_y·W0 share", scope, f"time share ({basis}, one step)",
                                     share, "reported", "INFO", kind="info"))
-        d_s = _step_samples(by, dense) if dense else ()
+        d_s = _step_samples(by, dense) if dense else None
         for prov in ("celora-paper", "celora-all"):
             c = provs.get(prov)
-            c_s = _step_samples(by, c) if c else ()
+            c_s = _step_samples(by, c) if c else None
             if not (c_s and d_s):
                 continue
             predicted = by[(dense, "step")].flops_counted / by[(c, "step")].flops_counted
             checks.append(Check("2. step speed-up vs ours dense", f"{scope} {prov}", "FLOP-predicted",
                                 predicted, "reported", "INFO", kind="info"))
-            iv = I.ratio(d_s, c_s, paired=False)
+            iv = I.unpaired_ratio(d_s, c_s)
             line = PREDICTED_FRACTION * predicted
             judged = prov == "celora-paper"
             checks.append(Check("2. step speed-up vs ours dense", f"{scope} {prov}", "measured", iv.value,
@@ -248,15 +248,15 @@ def verdict(rows: list[Row]) -> list[Check]:
                                 kind="measured" if judged else "info"))
         for base_name in ("peft", "peft-native"):
             b = provs.get(base_name)
-            b_s = _step_samples(by, b) if b else ()
+            b_s = _step_samples(by, b) if b else None
             if not b_s:
                 continue
             for prov in ("dense", "celora-paper", "celora-all"):
                 c = provs.get(prov)
-                c_s = _step_samples(by, c) if c else ()
+                c_s = _step_samples(by, c) if c else None
                 if not c_s:
                     continue
-                iv = I.ratio(b_s, c_s, paired=False)
+                iv = I.unpaired_ratio(b_s, c_s)
                 judged = prov == "celora-all" and base_name == "peft"
                 checks.append(Check("3. step speed-up vs peft LoRA", f"{scope} {prov}",
                                     "measured" if base_name == "peft" else "measured vs peft-native", iv.value,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.convert import PROJECTIONS  # noqa: F401  (the seven LoRA targets, one list for all)
+from core.convert import PROJECTIONS  # the seven LoRA targets, one list for all
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,25 @@ class ModelShape:
         h, q, kv, f = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
         return {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
                 "gate_proj": (f, h), "up_proj": (f, h), "down_proj": (h, f)}
+
+    def distinct_shapes(self) -> dict[str, tuple[int, int]]:
+        """The projections that share an (m, n) joined by "+": {"q_proj+o_proj": (2048, 2048), ...}.
+        A layer's time and FLOPs depend on its shape only, so one measurement stands for all of them."""
+        by_shape: dict[tuple[int, int], list[str]] = {}
+        for name, shape in self.layer_shapes().items():
+            by_shape.setdefault(shape, []).append(name)
+        return {"+".join(names): shape for shape, names in by_shape.items()}
+
+
+def projections_of(layer: str) -> list[str]:
+    """The projections a layer label stands for: "q_proj+o_proj" -> ["q_proj", "o_proj"]."""
+    return layer.split("+")
+
+
+def layer_order(layer: str) -> int:
+    """Sort key: the position of the label's first projection in PROJECTIONS (unknown names last)."""
+    first = projections_of(layer)[0]
+    return PROJECTIONS.index(first) if first in PROJECTIONS else len(PROJECTIONS)
 
 
 MODELS = {m.name: m for m in [
