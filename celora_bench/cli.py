@@ -37,16 +37,23 @@ exit: 0 no regression, 1 regression, 2 bad input
 GATE_HELP = """Run the quick backward-breakdown suite and gate it against results/baseline.json.
 
 Times differ between machines, so time is gated as CE-LoRA/dense ratios measured
-interleaved in the same run (ratio:15%); FLOPs, persistent and per-step allocated
-bytes and the case set must equal the baseline's exactly. A time regression is
-measured again (up to --recheck N times, same budget and interleaving as the
-baseline) and judged on the median of all its attempts: one bad moment of a
-shared machine does not fail CI, a real slowdown (over the line in most
-attempts) does. --device cuda gates a GPU run against results/baseline-cuda.json.
+interleaved in the same rounds of one run (each ratio the trimmed mean of its
+per-round values): a ratio more than 15% over the baseline's is a regression
+(ratio:15%; 30% where dense takes under 10 ms; +150% for the refresh). The
+baseline's ratios are the per-ratio medians of at least three runs. FLOPs,
+persistent and per-step allocated bytes and the case set must equal the
+baseline's exactly. A time regression in the first pass is measured again,
+its whole interleaved group, --recheck N times (default 3) with the run's own
+budget, and judged on the median of those rechecks alone (the first pass,
+picked for being over the line, is left out). -k narrows the baseline as it
+narrows the run (block-level ratios are then not compared). --device cuda
+gates a GPU run against results/baseline-cuda.json.
 examples:
   celora-bench gate
-  celora-bench gate --update-baseline          # refresh results/baseline.json
-  celora-bench gate --from results/runs/X.json # gate an existing run
+  celora-bench gate -k gate_proj                     # one layer shape, against the same part of the baseline
+  celora-bench gate --update-baseline                # measure three runs, write their medians as the baseline
+  celora-bench gate --update-baseline --from A.json --from B.json --from C.json
+  celora-bench gate --from results/runs/X.json       # gate an existing run
 exit: 0 pass, 1 regression, 2 bad input
 """
 
@@ -80,6 +87,16 @@ def _recheck(v: str) -> int:
         n = -1
     if n < 0:
         raise argparse.ArgumentTypeError(f"--recheck {v!r} is invalid; allowed: an integer >= 0")
+    return n
+
+
+def _baseline_runs(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 3:
+        raise argparse.ArgumentTypeError(f"--runs {v!r} is invalid; allowed: an integer >= 3")
     return n
 
 
@@ -161,15 +178,19 @@ def build_parser() -> Parser:
     gate.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                       help="cpu (default; what CI gates) or cuda, for runs on a GPU machine (bf16 cases)")
     gate.add_argument("--out", default=None, help="where the gate's run is written")
-    gate.add_argument("--from", dest="from_run", default=None, metavar="RUN",
-                      help="gate this existing run instead of measuring")
+    gate.add_argument("--from", dest="from_runs", action="append", default=None, metavar="RUN",
+                      help="gate this existing run instead of measuring (with --update-baseline: repeat for "
+                           "each of the runs the baseline is made of)")
     gate.add_argument("--fail-on", action="append", default=[], metavar="SPEC", help="extra rules")
     gate.add_argument("--update-baseline", action="store_true",
-                      help="measure (or take --from) and write it as the new baseline")
+                      help="write a new baseline: the per-ratio medians of --runs measured runs (or of the "
+                           "--from runs, at least 3)")
+    gate.add_argument("--runs", type=_baseline_runs, default=3,
+                      help="runs measured for --update-baseline (default 3, at least 3)")
     gate.add_argument("--threads", type=_threads, default=None)
     gate.add_argument("--recheck", type=_recheck, default=None, metavar="N",
-                      help="re-measure each time regression up to N times (default 2; "
-                           "0 with --from, whose run was measured elsewhere)")
+                      help="re-measure each time regression N times and judge the median of those rechecks "
+                           "(default 3; 0 with --from, whose run was measured elsewhere)")
     gate.add_argument("-k", dest="filter", action="append", default=None,
                       help="only cases whose id contains FILTER (repeat for any of several)")
 
@@ -333,19 +354,38 @@ def cmd_run(args) -> int:
         with progress:
             run = runner.run(args.suites, opts, out, filt=args.filter, resume=args.resume, threads=args.threads,
                              tune_malloc=args.malloc == "tuned", on_start=on_start, on_case=on_case,
-                             shard=args.shard)
+                             log=lambda msg: progress.console.print(f"[dim]{msg}[/]"), shard=args.shard)
     except ResultsError as e:
         raise CLIError(str(e)) from None
-    except KeyboardInterrupt:
-        console.print(f"interrupted: every case measured so far is in {out}; "
-                      f"continue with --resume --out {out}")
-        return 130
+    except KeyboardInterrupt as e:
+        return _stopped(e, out, console, args.detail)
     if distributed.is_writer():
         report.render(run, console, detail=args.detail)
         console.print(f"results: {out}")
         _report_next_to(run, out, console)
     distributed.shutdown()
     return 0
+
+
+def _stopped(e: KeyboardInterrupt, out: str, console, detail: bool) -> int:
+    """Ctrl-C or a time limit (SIGTERM): the verdict over what finished and its report, from the saved file;
+    exit 130 (Ctrl-C) or 143 (SIGTERM), as a shell reports a process stopped by that signal."""
+    import signal
+
+    from celora_bench import report, results
+
+    signum = getattr(e, "signum", signal.SIGINT)
+    if os.path.exists(out):
+        try:
+            run = results.load(out)
+        except results.ResultsError:
+            run = None
+        if run is not None and run.rows:
+            report.render(run, console, detail=detail)
+            _report_next_to(run, out, console)
+    console.print(f"stopped ({signal.Signals(signum).name}): every result measured so far is in {out} (status "
+                  f"{'partial' if signum == signal.SIGTERM else 'interrupted'}); continue with --resume --out {out}")
+    return 128 + signum
 
 
 def _check_fsdp(suites) -> None:
@@ -468,9 +508,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    import shutil
-
-    from celora_bench import runner
+    from celora_bench import gate, runner
     from celora_bench.compare import DEFAULT_GATE
     from celora_bench.suite import Options
 
@@ -478,27 +516,37 @@ def cmd_gate(args) -> int:
     device, dtype = _device_dtype(args.device, None)
     if args.baseline is None:
         args.baseline = os.path.join("results", "baseline.json" if device == "cpu" else f"baseline-{device}.json")
-    if args.from_run:
-        cand = _load(args.from_run)
-    else:
-        out = args.out or runner.default_out(["gate"])
-        try:
-            cand = runner.run(["backward-breakdown"], Options(mode="quick", device=device, dtype=dtype), out,
-                              filt=args.filter, threads=args.threads)
-        except KeyboardInterrupt:
-            print(f"interrupted: the gate's partial run is in {out}", file=sys.stderr)
-            return 130
-    if args.update_baseline:
-        os.makedirs(os.path.dirname(os.path.abspath(args.baseline)), exist_ok=True)
-        if os.path.abspath(cand.path) != os.path.abspath(args.baseline):
-            shutil.copyfile(cand.path, args.baseline)
-        print(f"baseline written: {args.baseline} ({len(cand.rows)} rows)")
-        return 0
+    froms = args.from_runs or []
+    if len(froms) > 1 and not args.update_baseline:
+        raise CLIError(f"--from given {len(froms)} times; gate one run at a time (several only with "
+                       f"--update-baseline)")
+
+    def measure(out):
+        return runner.run(["backward-breakdown"], Options(mode="quick", device=device, dtype=dtype), out,
+                          filt=args.filter, threads=args.threads)
+
+    stem = os.path.splitext(args.out or runner.default_out(["gate"]))[0]
+    try:
+        if args.update_baseline:
+            runs = [_load(p) for p in froms] or [measure(f"{stem}-{i}.json") for i in range(1, args.runs + 1)]
+            os.makedirs(os.path.dirname(os.path.abspath(args.baseline)), exist_ok=True)
+            try:
+                base = gate.make_baseline(runs, args.baseline)
+            except gate.BaselineError as e:
+                raise CLIError(str(e)) from None
+            print(f"baseline written: {args.baseline} ({len(base.rows)} rows; ratios: medians of "
+                  f"{len(runs)} runs: {', '.join(r.path for r in runs)})")
+            return 0
+        cand = _load(froms[0]) if froms else measure(stem + ".json")
+    except KeyboardInterrupt:
+        print(f"interrupted: the gate's partial run is in {stem}*.json", file=sys.stderr)
+        return 130
     if not os.path.exists(args.baseline):
         raise CLIError(f"no baseline at {args.baseline!r}; create it with 'celora-bench gate --update-baseline'")
-    base = _load(args.baseline)
-    times = args.recheck if args.recheck is not None else (0 if args.from_run else 2)
-    if times and args.from_run:
+    base = gate.narrow(_load(args.baseline), args.filter)
+    cand = gate.narrow(cand, args.filter)
+    times = args.recheck if args.recheck is not None else (0 if froms else gate.DEFAULT_RECHECKS)
+    if times and froms:
         _same_checkout(cand)
     return _judge(base, cand, rules, False, strict_cases=True,
                   recheck=_rechecker(base, cand, rules, times, args.threads) if times else None)
@@ -537,7 +585,7 @@ def _rechecker(base, cand, rules, times: int, threads):
             console.print(f"{n} time regression(s) in the first pass: measuring them again (up to {times}x, "
                           f"interleaved, {opts.mode} budget, {threads} threads, malloc "
                           f"{'tuned' if tuned else 'default'}, as the run was; judged on the median of "
-                          f"all attempts; runs in {stem}-recheck*.json)")
+                          f"the rechecks; runs in {stem}-recheck*.json)")
         return gate.recheck(base, cand, findings, rules, remeasure, times)
     return recheck
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from celora_bench import intervals as I
 from celora_bench.cases import Case, Row
 from celora_bench.results import Run
 
@@ -121,30 +122,46 @@ SELECTION_FACTOR = 10.0  # selection / dense G_y·W0 per block at 10x the thresh
                          # one run); a 10x slower refresh (+900%) still shows
 
 
+def _ratio(num: list[Row], den: list[Row]) -> float:
+    """Σnum / Σden of one run, from the rounds every row shares (celora_bench.intervals, paired by round):
+    the trimmed mean of the per-round ratios; rows without a shared round fall back to medians."""
+    series = [r.series for r in num + den]
+    n = len(num)
+    try:
+        iv = I.over_rounds(lambda *v: sum(v[:n]) / sum(v[n:]), series)
+    except I.Unpaired:                  # a baseline from before rounds: medians, as it was gated then
+        iv = None
+    if iv is not None:
+        return iv.value
+    return sum(r.time.median for r in num) / sum(r.time.median for r in den)
+
+
 def ratios(rows: list[Row]) -> dict[tuple[str, str], tuple[float, Row, float]]:
     """(case id, component) -> (ratio, the row it is reported on, threshold scale), all from one run.
 
-    - CE-LoRA / dense median of G_y·W0 and of fwd+bwd, per layer (scale SMALL_FACTOR where the dense
+    - CE-LoRA / dense of G_y·W0 and of fwd+bwd, per layer (scale SMALL_FACTOR where the dense
       side is under RATIO_MIN_S) and per block (sums over every layer of one configuration, id with
       the layer as "*");
     - per block, the refresh ("selection") over dense G_y·W0, so a slower selection is gated;
     - per block, our dense fwd+bwd over peft's, so a slowdown in code that dense LoRA and CE-LoRA
       share (which leaves CE-LoRA/dense unchanged) is gated too, and peft's time with it.
+    Each ratio is paired by round (the rows were timed interleaved in the same rounds).
     """
-    dense, peft = {}, {}
+    dense: dict[tuple, Row] = {}
+    peft: dict[tuple, Row] = {}
     for r in rows:
         if r.time and r.component in RATIO_COMPONENTS:
             if r.case.provider == "dense":
-                dense[(group_of(r.case), r.component)] = (r.time.median, r)
+                dense[(group_of(r.case), r.component)] = r
             elif r.case.provider == "peft":
-                peft[(group_of(r.case), r.component)] = r.time.median
+                peft[(group_of(r.case), r.component)] = r
     out = {}
-    block: dict[tuple[str, str], list] = {}
+    block: dict[tuple[str, str], tuple[list[Row], list[Row]]] = {}
 
-    def add(bkey, num, den, row):
-        acc = block.setdefault(bkey, [0.0, 0.0, row])
-        acc[0] += num
-        acc[1] += den
+    def add(bkey, num: Row, den: Row):
+        acc = block.setdefault(bkey, ([], []))
+        acc[0].append(num)
+        acc[1].append(den)
 
     for r in rows:
         if r.case.provider != "celora" or not r.time:
@@ -152,20 +169,35 @@ def ratios(rows: list[Row]) -> dict[tuple[str, str], tuple[float, Row, float]]:
         if r.component == "selection":
             d = dense.get((group_of(r.case), "bwd.grad_x_frozen"))
             if d:
-                add((block_id(r.case), "selection"), r.time.median, d[0], r)
+                add((block_id(r.case), "selection"), r, d)
             continue
         if r.component not in RATIO_COMPONENTS:
             continue
         d = dense.get((group_of(r.case), r.component))
         if not d:
             continue
-        out[_key(r)] = (r.time.median / d[0], r, 1.0 if d[0] >= RATIO_MIN_S else SMALL_FACTOR)
-        add((block_id(r.case), r.component), r.time.median, d[0], r)
-    for (g, comp), (d, row) in dense.items():
+        out[_key(r)] = (_ratio([r], [d]), r, 1.0 if d.time.median >= RATIO_MIN_S else SMALL_FACTOR)
+        add((block_id(r.case), r.component), r, d)
+    for (g, comp), d in dense.items():
         if comp == "fwd+bwd" and (g, comp) in peft:
-            add((block_id(row.case), "fwd+bwd vs peft"), d, peft[(g, comp)], row)
-    for bkey, (c, d, r) in block.items():
-        out[bkey] = (c / d, r, SELECTION_FACTOR if bkey[1] == "selection" else 1.0)
+            add((block_id(d.case), "fwd+bwd vs peft"), d, peft[(g, comp)])
+    for bkey, (num, den) in block.items():
+        out[bkey] = (_ratio(num, den), num[0], SELECTION_FACTOR if bkey[1] == "selection" else 1.0)
+    return out
+
+
+def baseline_ratios(base: Run) -> dict[tuple[str, str], tuple[float, Row, float]]:
+    """The baseline's ratios: the per-ratio medians over its source runs when it was made from several
+    (``gate --update-baseline``), else the ratios of its one run."""
+    own = ratios(base.rows)
+    stored = (base.run.get("baseline") or {}).get("ratios")
+    if not stored:
+        return own
+    out = {}
+    for item in stored:
+        k = (item["case_id"], item["component"])
+        if k in own:
+            out[k] = (item["median"], own[k][1], own[k][2])
     return out
 
 
@@ -176,7 +208,7 @@ def compare(base: Run, cand: Run, rules: list[Rule]) -> tuple[list[Finding], dic
     common = sorted(set(b) & set(c))
     findings: list[Finding] = []
     if any(rule.metric == "ratio" for rule in rules):
-        rb, rc = ratios(base.rows), ratios(cand.rows)
+        rb, rc = baseline_ratios(base), ratios(cand.rows)
     for rule in rules:
         if rule.metric == "ratio":
             for k in sorted(set(rb) & set(rc)):

@@ -1,16 +1,16 @@
 """The gate's recheck: a time regression seen in one pass is measured again and judged on the rechecks.
 
 Timing on a shared machine has rare bad moments: in one CI run a single layer
-ratio of 770 came out 17% over the baseline (15% allowed) with nothing
-changed. Each flagged time finding is therefore measured again, its whole
-interleaved group, ``times`` times, with the same budget, threads and malloc
+ratio came out 17% over the baseline (15% allowed) with nothing changed. Each
+flagged time finding is therefore measured again, its whole interleaved group,
+``times`` times (DEFAULT_RECHECKS), with the same budget, threads and malloc
 mode the run and the baseline were measured with, and judged on the median of
-those rechecks together (the mean of the middle two for an even count). The
-first pass is left out of the judgement: it was picked for being over the line,
-so it is the one attempt that is biased. One lucky recheck does not clear a
-real slowdown (a +20% regression with rechecks at +12% and +22% stays one),
-one bad moment does not fail CI. FLOP, memory and case-set findings are exact
-and are never rechecked.
+those rechecks (for an even count, the mean of the middle two). The first pass
+is left out of the judgement: it was picked for being over the line, so it is
+the one attempt that is biased. One lucky recheck does not clear a real
+slowdown, one bad moment does not fail CI. FLOP, memory and case-set findings
+are exact and are never rechecked. The baseline is itself the per-ratio median
+of at least three runs (make_baseline).
 """
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ import statistics
 from dataclasses import replace
 from typing import Callable
 
-from celora_bench.compare import Finding, Rule, block_id, compare, group_of
+from celora_bench.compare import Finding, Rule, block_id, compare, group_of, ratios
 from celora_bench.results import Run
 
 TIMED = ("ratio", "time.median", "time.min")
+DEFAULT_RECHECKS = 3
 
 
 def is_timed(f: Finding) -> bool:
@@ -70,3 +71,60 @@ def recheck(base: Run, cand: Run, findings: list[Finding], rules: list[Rule],
         return replace(f, regression=over(f, statistics.median(values)) if values else f.regression,
                        rechecks=tuple(values))
     return [judged(f) if _key(f) in seen else f for f in findings]
+
+
+# ---- the baseline ---------------------------------------------------------------------
+
+MIN_BASELINE_RUNS = 3
+
+
+class BaselineError(ValueError):
+    """Runs that cannot make one baseline; the message is one line for the user."""
+
+
+def make_baseline(runs: list[Run], path: str) -> Run:
+    """The baseline of several runs of one commit: the first run's rows (for the exact FLOP, memory and
+    case-set rules, which every run must share) and, per ratio, the median over the runs, each run's
+    value kept beside it. One run is a sample of this machine's drift; the median of three is not
+    pulled by one run's bad stretch."""
+    if len(runs) < MIN_BASELINE_RUNS:
+        raise BaselineError(f"a baseline needs at least {MIN_BASELINE_RUNS} runs, got {len(runs)}")
+    first = runs[0]
+    ids = {r.case.id for r in first.rows}
+    exact = {(r.case.id, r.component): (r.flops_analytic, r.flops_counted, r.mem_bytes) for r in first.rows
+             if r.component in ("state", "step.alloc") or r.flops_counted is not None}
+    for other in runs[1:]:
+        if {r.case.id for r in other.rows} != ids:
+            raise BaselineError(f"{other.path!r} measured other cases than {first.path!r}")
+        for r in other.rows:
+            k = (r.case.id, r.component)
+            if k in exact and exact[k] != (r.flops_analytic, r.flops_counted, r.mem_bytes):
+                raise BaselineError(f"{other.path!r} counts other FLOPs or bytes than {first.path!r} for {k}")
+    per_run = [ratios(r.rows) for r in runs]
+    keys = sorted(set.intersection(*(set(p) for p in per_run)))
+    items = [{"case_id": k[0], "component": k[1], "median": statistics.median(p[k][0] for p in per_run),
+              "values": [p[k][0] for p in per_run]} for k in keys]
+    base = Run(path=path, run={**first.run, "baseline": {
+        "sources": [{"path": r.path, "datetime": r.datetime, "commit": (r.commit_info or {}).get("id"),
+                     "cpu": (r.machine_info or {}).get("cpu")} for r in runs],
+        "ratios": items}}, machine_info=first.machine_info, commit_info=first.commit_info,
+        status=first.status, rows=list(first.rows), verdicts=first.verdicts)
+    base.save()
+    return base
+
+
+def narrow(run: Run, filters: list[str] | None) -> Run:
+    """The run limited to the cases whose id contains any filter, as ``gate -k`` limits the candidate.
+    Block ratios (sums over every layer) cannot be narrowed: they are left out of the comparison."""
+    if not filters:
+        return run
+
+    def kept(case_id: str) -> bool:
+        return "/*/" not in case_id and any(f in case_id for f in filters)
+    stored = (run.run.get("baseline") or {}).get("ratios")
+    if stored is None:
+        stored = [{"case_id": k[0], "component": k[1], "median": v[0], "values": [v[0]]}
+                  for k, v in ratios(run.rows).items()]
+    meta = {**run.run, "baseline": {**(run.run.get("baseline") or {}),
+                                    "ratios": [i for i in stored if kept(i["case_id"])]}}
+    return replace(run, run=meta, rows=[r for r in run.rows if any(f in r.case.id for f in filters)])

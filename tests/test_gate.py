@@ -14,7 +14,7 @@ from celora_bench.cases import Case, Row
 from celora_bench.compare import DEFAULT_GATE, Rule, RuleError, compare
 from celora_bench.suite import Options
 
-TINY_Q = "tiny/q_proj/"
+TINY_Q = "tiny/q_proj+"       # the tiny model's 256x256 shape (q, k, v, o): one layer group
 
 
 def test_rule_parsing():
@@ -102,7 +102,7 @@ def test_gate_recheck_clears_a_one_off_slow_pass_and_keeps_its_values(tiny_basel
     assert os.path.exists(tmp_path / "noisy-recheck2.json")      # both rechecks are judged together
 
 
-def test_recheck_judges_the_median_of_every_attempt(tiny_baseline, tmp_path):
+def test_recheck_judges_the_median_of_the_rechecks(tiny_baseline, tmp_path):
     from celora_bench import gate
     base = results.load(tiny_baseline)
     noisy = results.load(_slowed(tiny_baseline, str(tmp_path / "noisy.json"), 1.5))
@@ -111,35 +111,37 @@ def test_recheck_judges_the_median_of_every_attempt(tiny_baseline, tmp_path):
     first, _ = compare(base, noisy, rules)
     flagged = [f for f in first if f.regression]
     assert flagged
-    # first pass over (it triggered the rechecks, so it is not judged); the median of the two rechecks
-    # (their mean) decides: 1.5x and 1.0x average to 1.25x, over the 15% line
-    for passes, expect in (([slow, slow], True), ([slow, base], True), ([base, slow], True),
-                           ([base, base], False)):
+    # the first pass is over (it triggered the rechecks, so it is not judged); the median of the three
+    # rechecks decides: two slow ones fail it, two clean ones clear it, whatever order they come in
+    for passes, expect in (([slow, slow, slow], True), ([slow, base, slow], True), ([base, slow, slow], True),
+                           ([base, base, slow], False), ([slow, base, base], False)):
         calls = []
 
         def remeasure(ids, i, passes=passes):
             calls.append(ids)
             return passes[i - 1]
-        out = gate.recheck(base, noisy, first, rules, remeasure, 2)
-        assert all(f.regression == expect for f in out if f.rechecks and f.rule == "ratio:15%"), passes
-        assert len(calls) == 2
+        out = gate.recheck(base, noisy, first, rules, remeasure, 3)
+        judged = [f for f in out if f.rechecks and f.rule.startswith("ratio:15%")]
+        assert judged and all(len(f.rechecks) == 3 and f.regression == expect for f in judged), passes
+        assert len(calls) == 3
     assert {i.split("/")[3] for i in calls[0]} == {"dense", "peft", "celora"}   # the whole interleaved group
-    assert {i.split("/")[2] for i in calls[0]} == {"q_proj"}
+    assert {i.split("/")[2] for i in calls[0]} == {"q_proj+k_proj+v_proj+o_proj"}
 
 
-def test_a_real_20_percent_slowdown_is_not_cleared_by_one_lucky_recheck(monkeypatch):
-    """Baseline ratio 0.5; the candidate is 20% slower (0.6) in its first pass, one recheck comes out
-    lucky (0.56, +12%, under the 15% line), the other at +22%. Their median (0.585, +17%) fails it;
-    the former rule (cleared by the first recheck under the line) passed it."""
+def test_near_the_line_a_20_percent_slowdown_fails_and_a_10_percent_drift_passes(monkeypatch):
+    """Baseline ratio 0.5, the line 15% over it (0.575). Rechecks of a real +20% slowdown come out at
+    +12%, +22% and +19% (one lucky): their median, +19%, fails it. Rechecks of a +10% drift come out at
+    +16%, +8% and +9% (one unlucky): their median, +9%, passes."""
     from celora_bench import gate
     from celora_bench.compare import Finding
 
     f = Finding("ratio:15%", "c", "bwd.grad_x_frozen", 0.5, 0.6, None, None, True, threshold=0.15)
     run = results.Run(path="x.json", run={}, rows=[])
-    values = iter([0.56, 0.61])
-    monkeypatch.setattr(gate, "compare", lambda base, cand, rules: ([replace(f, candidate=next(values))], {}))
-    (out,) = gate.recheck(run, run, [f], [Rule.parse("ratio:15%")], lambda ids, i: run, 2)
-    assert out.regression and out.rechecks == (0.56, 0.61)
+    for values, regression in (([0.56, 0.61, 0.595], True), ([0.58, 0.54, 0.545], False)):
+        it = iter(values)
+        monkeypatch.setattr(gate, "compare", lambda base, cand, rules: ([replace(f, candidate=next(it))], {}))
+        (out,) = gate.recheck(run, run, [f], [Rule.parse("ratio:15%")], lambda ids, i: run, 3)
+        assert out.regression is regression and out.rechecks == tuple(values)
 
 
 def test_gate_passes_a_run_against_itself_and_refuses_a_changed_case_set(tiny_baseline, tmp_path):
@@ -167,7 +169,6 @@ def test_gate_fails_when_celora_silently_falls_back_to_dense(tiny_baseline, tmp_
     runner.run(["backward-breakdown"], Options(model="tiny"), cand, filt=TINY_Q)
     assert _gate(tiny_baseline, cand) == 1
     assert _gate(tiny_baseline, cand, recheck=1) == 1          # measured again, it is still slower
-    assert DEFAULT_GATE[0].startswith("ratio")
 
 
 def test_pytest_benchmark_integration(tmp_path):
@@ -175,7 +176,7 @@ def test_pytest_benchmark_integration(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "CELORA_BENCH_MODEL": "tiny", "PYTHONPATH": root}
     base = [sys.executable, "-m", "pytest", "-q", os.path.join(root, "benchmarks"), "-p", "no:cacheprovider",
-            "-k", "q_proj-dense", "--benchmark-only", "--benchmark-storage=bench"]
+            "-k", "o_proj-dense", "--benchmark-only", "--benchmark-storage=bench"]
     run = dict(env=env, capture_output=True, text=True, cwd=tmp_path)    # storage must sit under cwd
     first = subprocess.run(base + ["--benchmark-autosave"], **run)
     assert first.returncode == 0, first.stdout[-2000:]
@@ -186,8 +187,11 @@ def test_pytest_benchmark_integration(tmp_path):
     extra = data["benchmarks"][0]["extra_info"]
     assert extra["provider"] == "dense" and extra["flops"] > 0 and extra["component"] in ("fwd+bwd",
                                                                                            "bwd.grad_x_frozen")
+    # the compare reads the saved run: against a saved median made a million times faster, the rerun fails
+    data["benchmarks"][0]["stats"]["median"] *= 1e-6
+    json.dump(data, open(saved[0], "w"))
     again = subprocess.run(base + ["--benchmark-compare", "--benchmark-compare-fail=median:1000%"], **run)
-    assert again.returncode == 0, again.stdout[-2000:]
+    assert again.returncode != 0, again.stdout[-2000:]
     assert "machine_info is different" not in again.stdout + again.stderr
 
 
@@ -206,20 +210,26 @@ def _slower(monkeypatch, cls_attr, factor):
     monkeypatch.setattr(core.CELoRALinear, cls_attr, slow)
 
 
-@pytest.mark.parametrize("method,factor", [("grad_x_frozen", 1.5), ("refresh", 10.0)])
-def test_gate_catches_a_time_only_regression_after_rechecks(tiny_baseline, tmp_path, monkeypatch, capsys,
-                                                            method, factor):
-    """A slower G_y·W0 (the ratio rule) and a refresh made 10× slower (the per-block selection rule):
-    the FLOPs and bytes are the baseline's, so only the timing rules can catch them, at CI's budget."""
+@pytest.mark.parametrize("method,factor,component", [("grad_x_frozen", 1.45, "bwd.grad_x_frozen"),
+                                                      ("refresh", 10.0, "selection")])
+def test_gate_catches_a_time_only_regression_after_rechecks(tiny_baseline, tmp_path, monkeypatch,
+                                                            method, factor, component):
+    """A G_y·W0 made 1.45x slower (the tiny layer's dense side takes < 10 ms, so its ratio line is 30%:
+    1.45x is 11% over it) and a refresh made 10x slower (the selection line, +150%): the FLOPs and bytes
+    are the baseline's, so only the timing rules can catch them, at CI's budget, after three rechecks."""
+    from celora_bench import gate
     _slower(monkeypatch, method, factor)
     cand = str(tmp_path / f"slow-{method}.json")
     runner.run(["backward-breakdown"], Options(model="tiny"), cand, filt=TINY_Q)
-    found, _ = compare(results.load(tiny_baseline), results.load(cand), [Rule.parse(r) for r in DEFAULT_GATE])
+    base, slow = results.load(tiny_baseline), results.load(cand)
+    rules = [Rule.parse(r) for r in DEFAULT_GATE]
+    found, _ = compare(base, slow, rules)
     assert not any(f.regression for f in found if not f.rule.startswith("ratio")), "must be time-only"
-    capsys.readouterr()
-    assert _gate(tiny_baseline, cand, recheck=2) == 1
-    out = capsys.readouterr().out
-    assert ("selection" if method == "refresh" else "bwd.grad_x_frozen") in out
+    rechecker = cli._rechecker(base, slow, rules, gate.DEFAULT_RECHECKS, None)
+    judged = rechecker(found, cli._console_null())
+    failing = [f for f in judged if f.regression]
+    assert failing and all(len(f.rechecks) == gate.DEFAULT_RECHECKS for f in failing)
+    assert component in {f.component for f in failing}
 
 
 def test_gate_recheck_refuses_a_run_from_another_commit(tiny_baseline, tmp_path, capsys):
@@ -242,3 +252,48 @@ def test_two_runs_of_the_same_code_never_contradict(tiny_baseline, tmp_path):
     assert verdicts[0].keys() == verdicts[1].keys()
     flips = [k for k in verdicts[0] if {verdicts[0][k], verdicts[1][k]} == {"PASS", "FAIL"}]
     assert not flips, flips
+
+
+def _copy(path, out, factor=1.0):
+    """A copy of the run with CE-LoRA's G_y·W0 samples scaled by factor (its ratios move, nothing else)."""
+    run = results.load(path)
+    run.rows = [replace(r, samples=tuple(t * factor for t in r.samples))
+                if r.case.provider == "celora" and r.component == "bwd.grad_x_frozen" else r for r in run.rows]
+    run.path = out
+    run.save()
+    return run
+
+
+def test_the_baseline_is_the_per_ratio_median_of_three_runs(tiny_baseline, tmp_path):
+    from celora_bench import gate
+    from celora_bench.compare import baseline_ratios, ratios
+    runs = [_copy(tiny_baseline, str(tmp_path / f"{i}.json"), f) for i, f in enumerate((1.0, 1.3, 0.9))]
+    base = gate.make_baseline(runs, str(tmp_path / "base.json"))
+    stored = results.load(base.path)
+    assert [s["path"] for s in stored.run["baseline"]["sources"]] == [r.path for r in runs]
+    own = ratios(runs[0].rows)
+    for k, (value, _, _) in baseline_ratios(stored).items():
+        per_run = [ratios(r.rows)[k][0] for r in runs]
+        assert value == pytest.approx(sorted(per_run)[1])
+        if k[1] == "bwd.grad_x_frozen":
+            assert value == pytest.approx(own[k][0])             # 1.0x is the middle of 0.9x, 1.0x, 1.3x
+    with pytest.raises(gate.BaselineError, match="at least 3"):
+        gate.make_baseline(runs[:2], str(tmp_path / "two.json"))
+    fewer = results.load(runs[2].path)
+    fewer.rows = [r for r in fewer.rows if r.case.provider != "peft"]
+    with pytest.raises(gate.BaselineError, match="other cases"):
+        gate.make_baseline(runs[:2] + [fewer], str(tmp_path / "bad.json"))
+
+
+def test_gate_k_narrows_the_baseline_as_it_narrows_the_run(tiny_baseline, tmp_path, capsys):
+    run = results.load(tiny_baseline)
+    dense_p25 = [r for r in run.rows if r.case.provider != "celora" or "p0.25" in r.case.id]
+    part = results.Run(path=str(tmp_path / "part.json"), run=run.run, machine_info=run.machine_info,
+                       commit_info=run.commit_info, rows=dense_p25)
+    part.save()
+    assert cli.main(["gate", "--from", part.path, "--baseline", tiny_baseline, "--recheck", "0"]) == 1
+    assert "missing from the candidate" in capsys.readouterr().out
+    assert cli.main(["gate", "--from", part.path, "--baseline", tiny_baseline, "--recheck", "0",
+                     "-k", "/dense/", "-k", "/peft/", "-k", "p0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "0 regressions" in out and "0 cases missing" in out
