@@ -50,7 +50,7 @@ def verdict_frame(run: Run) -> pd.DataFrame:
 
     suites = run.run.get("suites") or sorted({r.case.suite for r in run.rows})
     records = [{"suite": s, **c.to_json()} for s in suites for c in checks_of(run, s)]
-    cols = ["suite", "check", "scope", "metric", "value", "lo", "hi", "target", "status", "kind", "detail"]
+    cols = ["suite", "check", "scope", "metric", "value", "lo", "hi", "target", "status", "kind", "rounds", "detail"]
     return pd.DataFrame.from_records(records, columns=cols)
 
 
@@ -68,7 +68,7 @@ def export(run: Run, fmt: str, table: str = "rows") -> str:
                            table: records}, indent=1)
     shown = _rendered(df) if table == "rows" else df
     note = f"{CONVENTION}; " + ("times in ms (4 significant digits)" if table == "rows" else
-                                "values unitless ratios/shares, [lo, hi] a 95% bootstrap interval")
+                                "values unitless ratios/shares, [lo, hi] a 95% interval between rounds")
     if fmt == "md":
         return f"{note}\n\n" + shown.to_markdown(index=False) + "\n"
     if fmt == "latex":

@@ -145,9 +145,11 @@ def value_text(c: Check) -> str:
 
 
 def interval_text(c: Check) -> str:
-    lo, hi = getattr(c, "lo", None), getattr(c, "hi", None)
-    if lo is None and hi is None:
+    lo, hi = c.lo, c.hi
+    if c.kind != "measured" or (lo is not None and lo == hi):
         return ""
+    if lo is None and hi is None:
+        return "[no interval]"
     return f"[{'—' if lo is None else f'{lo:.4g}'}–{'—' if hi is None else f'{hi:.4g}'}]"
 
 
@@ -156,19 +158,18 @@ def status_html(status: str) -> str:
 
 
 def counts(checks: list[Check]) -> dict[str, int]:
-    """Checks per status, and how many are measurements (kind "measured")."""
+    """Checks per status, and how many are timed (kind "measured")."""
     n = Counter(c.status for c in checks)
     out = {s: n.get(s, 0) for s in STATUS_ORDER}
-    out["measured"] = sum(getattr(c, "kind", "measured") == "measured" for c in checks)
+    out["measured"] = sum(c.kind == "measured" for c in checks)
     out["total"] = len(checks)
     return out
 
 
 def counts_html(checks: list[Check]) -> str:
-    n = counts(checks)
-    spans = "".join(f"<span>{status_html(s)} {n[s]}</span>" for s in STATUS_ORDER)
-    return (f'<div class="counts">{spans}<span class="note">{n["measured"]} of {n["total"]} checks are '
-            f"measurements (the rest exact consistency checks or reported values)</span></div>")
+    """The summary as ``show`` words it: timed checks counted apart from exact ones."""
+    from celora_bench.report import verdict_counts
+    return f'<div class="counts"><span class="note">{esc(verdict_counts(checks))}</span></div>'
 
 
 def _value_cell(c: Check) -> str:
@@ -210,12 +211,12 @@ def answer_html(checks: list[Check]) -> str:
 def verdict_html(checks: list[Check]) -> str:
     """Every check as one row: value with its interval, target, status ("within noise" for NOISE), kind."""
     out = ['<div class="scroll"><table><thead><tr><th>check</th><th>scope</th><th>metric</th>'
-           '<th class="num">value [interval]</th><th>target</th><th>status</th><th>kind</th><th>detail</th>'
-           "</tr></thead><tbody>"]
+           '<th class="num">value [interval]</th><th>target</th><th>status</th><th>kind</th>'
+           '<th class="num">rounds</th><th>detail</th></tr></thead><tbody>']
     for c in checks:
         out.append(f"<tr><td>{esc(c.check)}</td><td>{esc(c.scope)}</td><td>{esc(c.metric)}</td>"
                    f'<td class="num">{_value_cell(c)}</td><td>{esc(c.target)}</td><td>{status_html(c.status)}</td>'
-                   f"<td>{esc(getattr(c, 'kind', ''))}</td><td>{esc(c.detail)}</td></tr>")
+                   f'<td>{esc(c.kind)}</td><td class="num">{c.rounds or ""}</td><td>{esc(c.detail)}</td></tr>')
     out.append("</tbody></table></div>")
     return "\n".join(out)
 

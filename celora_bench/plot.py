@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from celora_bench import intervals  # noqa: E402
 from celora_bench.report import by_case, case_label  # noqa: E402
 from celora_bench.results import Run  # noqa: E402
-from suites.models import PROJECTIONS as LAYER_ORDER  # noqa: E402  (plot order: as in a block)
+from suites.models import layer_order  # noqa: E402  (plot order: as in a block; "q_proj+o_proj" as q)
 
 BWD = ("bwd.grad_x_frozen", "bwd.grad_h", "bwd.grad_B", "bwd.grad_A", "bwd.grad_x_lora", "selection.amortized")
 
@@ -46,7 +46,7 @@ def _groups(run: Run):
 
 
 def _order(layer: str) -> int:
-    return LAYER_ORDER.index(layer) if layer in LAYER_ORDER else len(LAYER_ORDER)
+    return layer_order(layer)
 
 
 def breakdown(cases: dict, title: str, path: str) -> str:
@@ -87,6 +87,10 @@ def _samples(row) -> tuple[float, ...]:
     return tuple(row.extra.get("kernel_samples") or row.samples)
 
 
+def _series(row) -> intervals.Series:
+    return row.kernel_series() or row.series
+
+
 def speedup(cases: dict, title: str, path: str) -> str:
     """Speed-up against p per layer, each point with its 95% interval (bootstrap over the paired rounds)."""
     layers = sorted({c.layer for c in cases}, key=_order)
@@ -108,9 +112,15 @@ def speedup(cases: dict, title: str, path: str) -> str:
             mk = "o" if c.svd_rank == 0 else "s"
             fill = "full" if c.cache_rows else "none"
             for name, color in (("bwd.grad_x_frozen", "C0"), ("fwd+bwd", "C3")):
-                iv = intervals.ratio(_samples(d[name]), _samples(comps[name]), paired=True)   # dense / CE-LoRA
-                ax.errorbar(c.keep_ratio, iv.value, yerr=[[iv.value - iv.lo], [iv.hi - iv.value]], fmt=mk,
-                            color=color, fillstyle=fill, capsize=2, elinewidth=0.8)
+                try:                                                   # dense / CE-LoRA, paired by round
+                    iv = intervals.paired_ratio(_series(d[name]), _series(comps[name]))
+                except intervals.Unpaired:                             # a file from before rounds
+                    iv = None
+                if iv is None:
+                    continue
+                err = [[0.0], [0.0]] if iv.lo is None else [[iv.value - iv.lo], [iv.hi - iv.value]]
+                ax.errorbar(c.keep_ratio, iv.value, yerr=err, fmt=mk, color=color, fillstyle=fill, capsize=2,
+                            elinewidth=0.8)
         ax.set_title(f"{layer} {dense.m}x{dense.n}", fontsize=9)
         ax.set_xlabel("keep ratio p")
         ax.set_ylabel("speed-up vs dense")

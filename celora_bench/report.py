@@ -98,31 +98,50 @@ def value_text(c: Check) -> str:
     """The value with its interval, where it has one: 0.468 [0.455, 0.481]."""
     if c.value is None:
         return "—"
-    if c.lo is None or c.hi is None or c.lo == c.hi:
+    if c.kind != "measured" or c.lo == c.hi and c.lo is not None:
         return f"{c.value:.4g}"
+    if c.lo is None or c.hi is None:
+        return f"{c.value:.4g} [no interval]"
     return f"{c.value:.4g} [{c.lo:.4g}, {c.hi:.4g}]"
 
 
+VERDICT_CAPTION = ("value [95% interval between rounds: trimmed mean of the per-round values, Yuen's interval]; "
+                   "PASS: the whole interval clears the line, FAIL: it misses it wholly, within noise: it "
+                   "straddles the line; rounds: how many rounds the interval used; exact: a count that must "
+                   "equal its rule")
+
+
 def verdict_table(title: str, checks: list[Check]) -> Table:
-    t = Table(title=title, caption="value [95% interval: bootstrap over the raw samples, at least ±5%]; PASS: "
-                                   "the whole interval clears the line, FAIL: it misses it wholly, within noise: "
-                                   "it straddles the line", caption_justify="left")
-    for col in ("check", "scope", "metric", "value", "target", "status", "detail"):
-        t.add_column(col, justify="right" if col == "value" else "left")
+    t = Table(title=title, caption=VERDICT_CAPTION, caption_justify="left")
+    for col in ("check", "scope", "metric", "value", "target", "status", "rounds", "detail"):
+        t.add_column(col, justify="right" if col in ("value", "rounds") else "left")
     for c in checks:
         t.add_row(c.check, c.scope, c.metric, value_text(c), c.target,
-                  f"[{STATUS_STYLE.get(c.status, '')}]{STATUS_WORDS.get(c.status, c.status)}[/]", c.detail)
+                  f"[{STATUS_STYLE.get(c.status, '')}]{STATUS_WORDS.get(c.status, c.status)}[/]",
+                  str(c.rounds) if c.rounds else ("exact" if c.kind == "exact" else "—"), c.detail)
     return t
 
 
 def verdict_counts(checks: list[Check]) -> str:
-    """"86 PASS, 3 FAIL, 11 within noise; 70 of 100 checks are measurements"."""
+    """"37 timed: 30 pass, 2 fail, 5 within noise; 24 exact (all pass); 3 info": timed checks (measurements
+    judged by their interval) counted apart from exact ones (counts that must equal their rule)."""
+    if not checks:
+        return "no checks"
+    timed = [c for c in checks if c.kind == "measured"]
+    exact = [c for c in checks if c.kind == "exact"]
+    info = [c for c in checks if c.kind not in ("measured", "exact")]
     n = defaultdict(int)
-    for c in checks:
+    for c in timed:
         n[c.status] += 1
-    counts = ", ".join(f"{n[s]} {STATUS_WORDS[s]}" for s in STATUS_WORDS if n[s])
-    measured = sum(c.kind == "measured" for c in checks)
-    return f"{counts}; {measured} of {len(checks)} checks are measurements" if checks else "no checks"
+    parts = []
+    if timed:
+        parts.append(f"{len(timed)} timed: {n['PASS']} pass, {n['FAIL']} fail, {n['NOISE']} within noise")
+    if exact:
+        failed = sum(c.status == "FAIL" for c in exact)
+        parts.append(f"{len(exact)} exact ({'all pass' if not failed else f'{failed} FAIL'})")
+    if info:
+        parts.append(f"{len(info)} info")
+    return "; ".join(parts)
 
 
 def checks_of(run: Run, suite: str) -> list[Check]:
