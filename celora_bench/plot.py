@@ -163,7 +163,8 @@ def step_phases(rows, out_dir: str) -> list[str]:
 
     groups = defaultdict(dict)
     for case, comps in by_case(rows).items():
-        if all(c in comps and comps[c].time for c in ("fwd", "bwd", "optimizer")):
+        if all(c in comps and comps[c].time for c in ("fwd", "optimizer")) and (
+                "fwd+bwd" in comps or "bwd" in comps):
             groups[(case.model, case.tokens)][case.provider] = comps
     if not groups:
         return []
@@ -172,8 +173,11 @@ def step_phases(rows, out_dir: str) -> list[str]:
         provs = sorted(groups[(model, tokens)], key=lambda p: PROVIDERS.index(p) if p in PROVIDERS else 99)
         for yi, prov in enumerate(provs):
             left = 0.0
-            for ci, phase in enumerate(("fwd", "bwd", "optimizer")):
-                w = groups[(model, tokens)][prov][phase].time.median * 1e3
+            comps = groups[(model, tokens)][prov]
+            med = {n: comps[n].time.median * 1e3 for n in ("fwd", "fwd+bwd", "bwd", "optimizer") if n in comps}
+            bwd = med["bwd"] if "bwd" in med else med["fwd+bwd"] - med["fwd"]     # older files timed bwd alone
+            for ci, (phase, w) in enumerate((("fwd", med["fwd"]), ("bwd", bwd),
+                                             ("optimizer", med["optimizer"]))):
                 ax.barh(yi, w, left=left, color=f"C{ci}", label=phase if yi == 0 else None)
                 left += w
             ax.text(left, yi, f" {left:.1f}", va="center", fontsize=8)

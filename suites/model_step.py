@@ -29,7 +29,7 @@ PROVIDERS = ("peft", "peft-native", "dense", "celora-paper", "celora-all")
 RANK, ALPHA = 16, 32.0
 ALL_P = 0.5
 PREDICTED_FRACTION = 0.9       # measured step speed-up >= 0.9 x the FLOP-predicted one
-JUDGED = ()                    # each provider is timed alone (no interleaved group to re-measure)
+JUDGED = ("step",)             # the verdict reads the step: it gets the rounds, the phases the breakdown
 
 
 def providers(dtype: str) -> tuple[str, ...]:
@@ -151,18 +151,18 @@ def setup(case: Case) -> Target:
         loss().backward()
         opt.zero_grad(set_to_none=True)
 
-    # the optimizer is timed on copies holding real gradients, so the model (and the
-    # graph retained for "bwd") stays as it is; "step" (timed last) trains the model itself
+    # the optimizer is timed on copies holding real gradients, so the model stays as it is; "step" trains
+    # the model itself. Rounds run the phases in a random order, so no graph is kept across calls (a step
+    # updates the parameters in place): the backward is timed as fwd+bwd, its share derived as fwd+bwd - fwd
     loss().backward()                         # first backward: CE-LoRA selects its index here
     copies = [q.detach().clone() for q in params]
     for c, q in zip(copies, params):
         c.grad = q.grad.detach().clone()
     opt.zero_grad(set_to_none=True)
     opt_copy = torch.optim.AdamW(copies, lr=1e-4)
-    kept = None if distributed.active() else loss()
 
-    def bwd():
-        return torch.autograd.grad(kept, params, retain_graph=True)
+    def fwd_bwd():
+        return torch.autograd.grad(loss(), params)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -179,7 +179,7 @@ def setup(case: Case) -> Target:
         notes = {"rest": "counted: everything outside the LoRA layers' scopes"}
     # under DDP the backward must run as a real step (its all-reduce hooks fire on .grad accumulation)
     whole = {"optimizer": opt_copy.step, "step": step} if ddp else \
-        {"fwd": loss, "bwd": bwd, "optimizer": opt_copy.step, "step": step}
+        {"fwd": loss, "fwd+bwd": fwd_bwd, "optimizer": opt_copy.step, "step": step}
     return Target(whole=whole, count=count,
                   scopes=COMPONENTS + ("selection",), analytic=fl, flop_rows=rows, count_row="step",
                   notes=notes, state_bytes=distributed.local_bytes(params),
@@ -266,6 +266,14 @@ def verdict(rows: list[Row]) -> list[Check]:
     return checks
 
 
+def bwd_ms(by, case) -> str:
+    """The backward's median ms, derived: fwd+bwd minus fwd (both timed in the same rounds)."""
+    whole, fwd = by.get((case, "fwd+bwd")), by.get((case, "fwd"))
+    if whole is None or fwd is None or not whole.samples or not fwd.samples:
+        return "—"
+    return f"{(whole.time.median - fwd.time.median) * 1e3:.1f}"
+
+
 def summary_table(rows: list[Row]):
     from rich.table import Table
 
@@ -274,7 +282,7 @@ def summary_table(rows: list[Row]):
               f"× peft / × dense: step speed-up against peft as users get it and against our dense LoRA "
               f"(FLOP-predicted in brackets); memory MiB (peak RSS/CUDA over the step); G_y·W0 share: of one "
               f"profiled step's kernel time (CUDA) or op time (CPU); {CONVENTION}", caption_justify="left")
-    for col in ("model", "tokens", "provider", "fwd ms", "bwd ms", "optimizer ms", "step ms", "× peft",
+    for col in ("model", "tokens", "provider", "fwd ms", "bwd ms (derived)", "optimizer ms", "step ms", "× peft",
                 "× dense (pred.)", "step peak MiB", "GFLOP step (counted)", "GFLOP G_y·W0", "G_y·W0 time share",
                 "trainable MiB"):
         t.add_column(col, justify="left" if col in ("model", "provider") else "right")
@@ -305,7 +313,7 @@ def summary_table(rows: list[Row]):
         step = by.get((case, "step"))
         state = by.get((case, "state"))
         share, _ = time_share(by.get((case, "step.alloc")))
-        t.add_row(case.model, str(case.tokens), case.provider, ms("fwd"), ms("bwd"), ms("optimizer"), ms("step"),
+        t.add_row(case.model, str(case.tokens), case.provider, ms("fwd"), bwd_ms(by, case), ms("optimizer"), ms("step"),
                   vs("peft"), vs("dense", flops=True),
                   "—" if step is None or step.mem_bytes is None else f"{step.mem_bytes / 2**20:.0f}",
                   gf("step"), gf("bwd.grad_x_frozen"), "—" if share is None else f"{share:.3f}",

@@ -53,7 +53,7 @@ def test_cuda_event_timing_and_memory_stats():
 def test_cuda_suite_runs(tmp_path):
     from celora_bench import cli, results
     out = str(tmp_path / "cuda.json")
-    assert cli.main(["run", "backward-breakdown", "--device", "cuda", "--model", "tiny", "-k", "tiny/q_proj/",
+    assert cli.main(["run", "backward-breakdown", "--device", "cuda", "--model", "tiny", "-k", "tiny/q_proj+",
                      "--out", out]) == 0
     run = results.load(out)
     assert run.machine_info["gpu"]["name"] and not run.errors

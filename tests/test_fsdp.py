@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import core
+import core.fsdp
 from celora_bench import distributed, results
 from suites import models
 
@@ -171,6 +172,16 @@ def reference():
         loss.backward()
         out[name] = dict(loss=loss.item(), idx=_index(model),
                          grads={n: q.grad.clone() for n, q in model.named_parameters() if q.requires_grad})
+    # FSDP2's bf16 policy on one process: the parameters and CE-LoRA's compute buffers in bf16
+    model = _build("all", False).to(torch.bfloat16)
+    core.fsdp.cast_buffers(model, torch.bfloat16)
+    for m in core.celora_modules(model):
+        m.res_sq = m.res_sq.float()                         # the selection statistic stays fp32, as under FSDP2
+    ids = _batch()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    out["bf16-unsharded"] = dict(loss=loss.item(), grads={n: q.grad.float() for n, q in model.named_parameters()
+                                                          if q.requires_grad})
     for name, (plan, cached, _, _) in CONFIGS.items():
         out.setdefault(name, out["cached" if cached else "lean"])
     model = _build("all", False, tau=TAU)
@@ -215,15 +226,21 @@ def test_backward_reads_the_full_plain_w0_not_a_shard(sharded, name):
 
 
 def test_bf16_mixed_precision_runs_and_keeps_ranks_in_step(sharded, reference):
-    ref = reference["lean-bf16"]
+    """Sharding adds no error beyond bf16's own: per parameter, the sharded bf16 gradient is as close to
+    the fp32 model's as the same bf16 computation unsharded is (its parameters and compute buffers cast
+    as FSDP2's policy casts them), within 1.5x. bf16 products through 2 blocks move small parameters'
+    gradients far on their own (relative errors up to ~0.65 here, in block 0), so a fixed per-parameter
+    bound against fp32 would test bf16, not the sharding."""
+    ref, bf16 = reference["lean-bf16"], reference["bf16-unsharded"]
     got0, got1 = sharded[0]["lean-bf16"], sharded[1]["lean-bf16"]
     assert got0["idx"] == got1["idx"]
-    assert got0["loss"] == pytest.approx(ref["loss"], rel=2e-2)
-    cos = torch.nn.functional.cosine_similarity
-    for n in ref["grads"]:                  # bf16 products through 2 blocks: close in direction, not in value
-        a, b = got0["grads"][n].flatten(), ref["grads"][n].flatten()
+    assert got0["loss"] == pytest.approx(bf16["loss"], rel=1e-2)
+    for n in ref["grads"]:
+        a, b, c = (g[n].flatten() for g in (got0["grads"], bf16["grads"], ref["grads"]))
         assert torch.isfinite(a).all()
-        assert cos(a, b, dim=0) > 0.8, n
+        sharded_err, bf16_err = (a - c).norm() / c.norm(), (b - c).norm() / c.norm()
+        assert sharded_err <= 1.5 * bf16_err + 1e-3, (n, float(sharded_err), float(bf16_err))
+    cos = torch.nn.functional.cosine_similarity
     a, b = (torch.cat([g[n].flatten() for n in ref["grads"]]) for g in (got0["grads"], ref["grads"]))
     assert cos(a, b, dim=0) > 0.95
 

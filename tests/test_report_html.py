@@ -185,9 +185,9 @@ def test_verdict_rows_show_intervals_within_noise_and_kind():
     n = html_report.counts(checks)
     assert (n["PASS"], n["FAIL"], n["NOISE"], n["INFO"], n["measured"], n["total"]) == (1, 1, 1, 1, 2, 4)
     summary = Page(html_report.counts_html(checks)).plain
-    assert "within noise 1" in summary and "2 of 4 checks are measurements" in summary
+    assert "2 timed: 0 pass, 1 fail, 1 within noise; 1 exact (all pass); 1 info" in summary
     answer = Page(html_report.answer_html(checks))
-    assert [r[1] for r in answer.rows if r[0] == "t" and len(r) == 8] == ["d scope", "a scope"]   # FAIL first
+    assert [r[1] for r in answer.rows if r[0] == "t" and len(r) == 9] == ["d scope", "a scope"]   # FAIL first
     assert "within noise: the interval straddles the line (1)" in answer.plain
     assert [r[1] for r in answer.rows if r[0] == "t" and len(r) == 7] == ["time ratio", "FLOP ratio", "order",
                                                                           "speed-up"]   # one line per metric

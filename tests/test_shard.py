@@ -6,7 +6,7 @@ from celora_bench.merge import MergeError, merge
 from celora_bench.suite import Options
 
 OPTS = Options(model="tiny")
-K = ["tiny/q_proj/", "tiny/k_proj/", "tiny/v_proj/"]
+K = ["tiny/q_proj+", "tiny/gate_proj+", "tiny/down_proj/"]    # the tiny model's three shapes
 
 
 def test_shards_partition_the_plan_by_group():
