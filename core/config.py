@@ -155,8 +155,10 @@ def k_multiple_for(device="cpu", dtype=None) -> int:
 # cuda: "fused". On an H200 each extra pass over the (N, n) output that the split form makes (T·A0 and
 #   G_h·A added in place) cost ~0.04 ms at n = 4096 and ~0.13 ms at n = 14336, ~4 ms of a 142 ms
 #   Llama-3.2-1B step (bf16); the fused GEMM takes the (N, r + r0) tail in its inner dimension instead.
-# cpu: "split" until measured: awaits the lead engineer's run of scripts/bench_core.py (fused vs split, lean
-#   and cached, r0 = 0 and 14, p = 0.5) on a quiet machine. No number is assumed here.
+# cpu: "split". `python scripts/bench_core.py --forms-only --tokens 1024` on the 2-core Intel Xeon (fp32, MKL,
+#   15 rounds; results/readme/bench_core-forms-xeon.txt): whole backward fused/split median 0.996, range
+#   0.976-1.020 over q/gate/down x lean/cached x r0 0/14, i.e. no difference beyond noise; the split form
+#   keeps G_h·A in its own scope and is the reference, so it stays.
 # Any other device type: "split" (the form every device runs correctly and the reference one).
 GRAD_X_FORM = {"cuda": "fused", "cpu": "split"}
 

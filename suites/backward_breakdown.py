@@ -100,7 +100,7 @@ def _reference_cases(opts: Options) -> list[Case]:
 
 
 setup = layer_bench.setup
-JUDGED = ("fwd+bwd", "bwd.grad_x_frozen", "bwd.grad_h", "selection")   # what the verdict reads: more rounds
+JUDGED = ("fwd+bwd", "bwd.grad_x_frozen", "bwd.grad_h", "selection", "bwd.grad_x_lora")   # read by the verdict
 
 
 def group_key(case: Case) -> tuple:
@@ -126,7 +126,8 @@ EXACT_CHECK = "0. FLOPs and k as configured"
 # multiple a per (device type, bytes per element); a run whose layer kept another k fails.
 K_MULTIPLES = {("cuda", 2): 64, ("cuda", 4): 16, ("cuda", 8): 16}      # anything else: 1
 ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
-SKINNY_MULTIPLE = 16    # the fused operand [s·B | C] is padded to a multiple of 16 columns (core.components)
+SKINNY_MULTIPLE = 16    # the skinny operand [s·B | 0 | C | 0] is padded to a multiple of 16 columns (core.components)
+ALIGN = 8               # and each block of the fused operands starts at a multiple of 8 elements
 
 
 def k_rule(case: Case) -> tuple[int, int]:
@@ -136,16 +137,29 @@ def k_rule(case: Case) -> tuple[int, int]:
     return min(case.m, -(-k // a) * a), a
 
 
-def expected_frozen_flops(N: int, m: int, n: int, k: int, r: int, r0: int) -> int:
-    """FLOPs of CE-LoRA's G_y·W0 by its definition (the brief), written apart from core/flops.py:
-    the kept-column product G_y[:, I]·rows (2Nkn), the double-LoRA's T·A0 (2N·r0·n), and what reading
-    G_y against C (B0, or B0 with the kept rows zeroed) adds to the G_y·B product it shares a pass
-    with: [s·B | C] padded to w = r + r0 rounded up to a multiple of 16 columns, 2N·m·(w − r).
+def _up(x: int, a: int) -> int:
+    return -(-x // a) * a
+
+
+def expected_frozen_flops(N: int, m: int, n: int, k: int, r: int, r0: int, form: str = "split", a: int = 1) -> int:
+    """FLOPs of CE-LoRA's G_y·W0 by its definition (the brief) and the layout core documents, written apart
+    from core/flops.py, counted as the verdict charges it against dense (dense's own G_h·B and G_h·A
+    taken out):
+
+    split: the kept-column product G_y[:, I]·rows (2Nkn), the double-LoRA's T·A0 (2N·r0·n), and what
+      reading G_y against C adds to the G_y·B product it shares a pass with: the skinny operand
+      [s·B | 0 | C | 0] is w = (r up to 8) + r0, up to 16, columns wide, 2N·m·(w − r);
+    fused: one GEMM over the inner width K = w + k up to lcm(8, a) (w = r up to 8 without C), which
+      includes G_h·A (2N·r·n, dense's grad_x_lora), and the same 2N·m·(w − r).
     k == m is the dense product 2Nmn."""
     if k >= m:
         return 2 * N * m * n
-    w = -(-(r + r0) // SKINNY_MULTIPLE) * SKINNY_MULTIPLE if r0 else r
-    return 2 * N * (k * n + r0 * n) + 2 * N * m * (w - r)
+    w = _up(_up(r, ALIGN) + r0, SKINNY_MULTIPLE) if r0 else (_up(r, ALIGN) if form == "fused" else r)
+    extra = 2 * N * m * (w - r)
+    if form == "fused":
+        K = _up(w + k, math.lcm(ALIGN, a))
+        return 2 * N * K * n - 2 * N * r * n + extra
+    return 2 * N * (k * n + r0 * n) + extra
 
 
 def _group(case: Case) -> tuple:
@@ -222,21 +236,24 @@ def _exact_check(idx, case: Case, base: Case | None) -> Check | None:
     scope = _cost_scope(case) if case.provider == "celora" else f"{case.layer} {case.provider} N={case.tokens}"
     value, target = float(len(pairs) - len(bad)), f"all {len(pairs)} counted == analytic"
     c_row, c_gh = idx.get((case.id, "bwd.grad_x_frozen")), idx.get((case.id, "bwd.grad_h"))
-    d_row = idx.get((base.id, "bwd.grad_x_frozen")) if base else None
+    d_row, d_gh, d_lora = (idx.get((base.id, c)) if base else None
+                           for c in ("bwd.grad_x_frozen", "bwd.grad_h", "bwd.grad_x_lora"))
     if case.provider == "celora" and c_row is not None:
         k, a = k_rule(case)
         r, r0 = case.param("lora_rank", case.rank), c_row.extra.get("r0", case.svd_rank)
         N, m, n = case.tokens, case.m, case.n
+        form = c_row.extra.get("grad_x_form", "split")
         k_run = c_row.extra.get("k", k)
         if k_run != k:
             bad.append(f"k run {k_run}, rule {k} (ceil(p·m) up to a multiple of {a})")
-        want = expected_frozen_flops(N, m, n, k, r, r0) / (2 * N * m * n)
-        if c_gh is not None and d_row is not None and None not in (c_row.flops_counted, c_gh.flops_counted) \
-                and d_row.flops_counted:
-            value = (c_row.flops_counted + c_gh.flops_counted - 2 * N * m * r) / d_row.flops_counted
+        want = expected_frozen_flops(N, m, n, k, r, r0, form, a) / (2 * N * m * n)
+        moved = d_lora.flops_counted if form == "fused" and d_lora is not None else 0   # G_h·A, in the GEMM
+        if None not in (c_gh, d_gh, d_row) and None not in (c_row.flops_counted, c_gh.flops_counted,
+                                                            d_gh.flops_counted, moved) and d_row.flops_counted:
+            value = (c_row.flops_counted + c_gh.flops_counted - d_gh.flops_counted - moved) / d_row.flops_counted
             if abs(value - want) > 1e-9 * want:
                 bad.append(f"G_y·W0 FLOP ratio {value:.6f} != rule {want:.6f}")
-        target = f"FLOP ratio = {want:.4f} (k={k}), counted == analytic"
+        target = f"FLOP ratio = {want:.4f} (k={k}, {form} form), counted == analytic"
     return Check(EXACT_CHECK, scope, "FLOPs (counted) and k", value, target, "FAIL" if bad else "PASS",
                  "; ".join(bad) or f"{len(pairs)} FLOP counts equal their analytic counts", kind="exact")
 
@@ -316,9 +333,17 @@ def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:
     if _timed(c_gh) and _timed(d_gh):
         series += [_series(c_gh, on), _series(d_gh, on)]
         reads += ((case.id, "bwd.grad_h"), (base.id, "bwd.grad_h"))
+    else:
+        series += [I.Series.constant(0.0)] * 2
 
-    def ratio(c, d, s, cg=0.0, dg=0.0):
-        return (c + (cg - dg) + s) / d
+    d_lora = idx.get((base.id, "bwd.grad_x_lora"))
+    if c_row.extra.get("grad_x_form") == "fused" and _timed(d_lora):
+        # G_h·A runs inside CE-LoRA's one GEMM; dense runs it apart, in grad_x_lora: take it out
+        series.append(I.Series(tuple(-t for t in _series(d_lora, on).samples), _series(d_lora, on).rounds))
+        reads += ((base.id, "bwd.grad_x_lora"),)
+
+    def ratio(c, d, s, cg=0.0, dg=0.0, moved=0.0):
+        return (c + (cg - dg) + moved + s) / d
 
     iv = I.over_rounds(ratio, series)
     if iv is not None:

@@ -13,8 +13,8 @@ from celora_bench.flops import fvcore_forward
 from celora_bench.measure import Target
 from celora_bench.memory import tensor_bytes
 from core import components as C
-from core.config import k_multiple_for
-from core.flops import COMPONENTS, layer_flops
+from core import gather
+from core.flops import COMPONENTS, layer_flops, module_flops
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
@@ -123,13 +123,19 @@ def _add_components(case: Case, layer: core.CELoRALinear, x, gy, y_kept, target:
         "bwd.grad_x_lora": lambda: C.grad_x_lora(gx_buf, g_h, A),
         "bwd.grad_x_frozen": lambda: layer.grad_x_frozen(gy, t),
     }
-    k = None if layer.dense else layer.k
-    target.analytic.update(layer_flops(case.tokens, case.m, case.n, layer.config.r, k, layer.r0,
-                                       case.cache_rows))
-    target.analytic["fwd+bwd"] = sum(target.analytic[c] for c in COMPONENTS)
-    a = layer.config.k_multiple or k_multiple_for(W0.device, W0.dtype)
-    target.extra["bwd.grad_x_frozen"] = {"k": layer.k, "k_multiple": a, "p_eff": layer.k / case.m,
-                                         "r0": layer.r0}
+    form = layer.grad_x_form
+    if form == "fused":              # what the Function runs: G_h·A inside the one GEMM, no grad_x_lora
+        left, _ = layer.fused_grad_h(gy, B)
+        del target.parts["bwd.grad_x_lora"]
+        target.parts["bwd.grad_h"] = lambda: layer.fused_grad_h(gy, B)
+        target.parts["bwd.grad_x_frozen"] = lambda: layer.grad_x_fused(gy, left, A)
+        target.notes["bwd.grad_x_frozen"] = "fused form: G_y[:, I]·rows + T·A0 + G_h·A in one GEMM"
+    target.analytic.update({c: v for c, v in module_flops(layer, case.tokens).items()
+                            if c in target.parts or c == "selection"})
+    target.analytic["fwd+bwd"] = sum(module_flops(layer, case.tokens)[c] for c in COMPONENTS)
+    target.extra["bwd.grad_x_frozen"] = {"k": layer.k, "k_multiple": layer.k_multiple, "p_eff": layer.k / case.m,
+                                         "r0": layer.r0, "grad_x_form": form,
+                                         "gather": gather.methods_used().get(W0.device.type, "")}
     if not layer.dense:
         target.parts["selection"] = lambda: layer.refresh(gy)
         target.amortized["selection.amortized"] = ("selection", case.tau)
