@@ -57,6 +57,7 @@ class Target:
     flop_rows: dict[str, str | None] = field(default_factory=dict)
     count_row: str = "fwd+bwd"
     extra: dict[str, dict] = field(default_factory=dict)   # component -> facts merged into its row's extra
+    bytes: dict[str, int] = field(default_factory=dict)    # component -> analytic bytes moved (the roofline's)
 
     @property
     def timed(self) -> dict[str, Callable]:
@@ -127,9 +128,9 @@ def rows(p: Prepared) -> list[Row]:
                            counted.get(scope, 0) if scope and has_count else None,
                            note=target.notes.get(name, ""),
                            extra={"profiled_s": seconds.get(scope)} if scope else {}))
-        out[first:] = [_with_kernel(replace(r, extra={**r.extra, **target.extra[r.component]})
-                                    if r.component in target.extra else r, slot.get((case.id, r.component)))
-                       for r in out[first:]]
+        out[first:] = [_with_kernel(replace(r, extra={**r.extra, **target.extra.get(r.component, {}),
+                                                      **_bytes(target, r.component)}),
+                                    slot.get((case.id, r.component))) for r in out[first:]]
         if has_count:
             out.append(Row(case, "step.alloc", mem_bytes=sum(allocated.values()), mem_what=STEP_WHAT,
                            extra={"flops_by_scope": counted, "bytes_by_scope": allocated,
@@ -138,6 +139,10 @@ def rows(p: Prepared) -> list[Row]:
         if target.state_bytes is not None:
             out.append(Row(case, "state", mem_bytes=target.state_bytes, mem_what=target.state_what))
     return out
+
+
+def _bytes(target: Target, component: str) -> dict:
+    return {"bytes_analytic": target.bytes[component]} if component in target.bytes else {}
 
 
 def _with_kernel(row: Row, slot: Slot | None) -> Row:

@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from celora_bench import distributed, malloc, memory, registry, results
+from celora_bench import distributed, malloc, memory, registry, results, roofline
 from celora_bench.cases import Case
 from celora_bench.measure import Prepared, prepare, rows
 from celora_bench.rounds import Sampler
@@ -118,6 +118,8 @@ def run(suite_names: list[str], opts: Options, out: str, *, filt=None,
     run_.save()
     if pending:
         warm_up(ctx.options.device)
+        run_.machine_info["roofline"] = calibrate(ctx)
+        run_.save()
     state = _State(run_, ctx, seed, t_start, on_case, log or (lambda _: None))
     previous = _on_sigterm()
     try:
@@ -319,6 +321,15 @@ def warm_up(device: str, seconds: float = 1.5) -> None:
         a = torch.mm(a, a).div_(1024.0)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def calibrate(ctx: Context) -> dict:
+    """The machine's measured roofs in the run's device, dtype and threads (celora_bench.roofline), for the
+    results file's machine record; a calibration that fails says why instead."""
+    try:
+        return roofline.calibrate(ctx.options.device, ctx.options.dtype, ctx.threads).to_json()
+    except (RuntimeError, MemoryError, KeyError) as e:
+        return {"error": f"{type(e).__name__}: {e}"[:300]}
 
 
 def finish(run_: results.Run, suite_names: list[str]) -> None:

@@ -102,6 +102,6 @@ def budget_for(mode: str) -> TimingBudget:
     150 s (the README's first command must finish in under 3 minutes on a 2-core machine).
     Full: 4, 10, extended to 20 and 30, no run-time limit."""
     if mode == "quick":
-        return TimingBudget(all_rounds=3, rounds=8, stages=(16, 24, 32), max_run_s=160.0, block_s=0.03,
+        return TimingBudget(all_rounds=2, rounds=6, stages=(12, 18, 24, 32, 40), max_run_s=160.0, block_s=0.03,
                             cuda_warmup=3, cuda_reps=5)
     return TimingBudget(all_rounds=4, rounds=10, stages=(20, 30), block_s=0.05, cuda_warmup=5, cuda_reps=10)

@@ -15,6 +15,7 @@ from celora_bench.memory import tensor_bytes
 from core import components as C
 from core import gather
 from core.flops import COMPONENTS, layer_flops, module_flops
+from core.traffic import layer_bytes, module_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
@@ -90,9 +91,11 @@ def setup(case: Case) -> Target:
 
     dense = layer_flops(case.tokens, case.m, case.n, case.rank)
     analytic = {"fwd+bwd": sum(dense[c] for c in COMPONENTS)}
+    dense_bytes = layer_bytes(case.tokens, case.m, case.n, case.rank, b=x.element_size())
     target = Target(whole={"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd}, count=count,
                     scopes=COMPONENTS + ("selection",), analytic=analytic,
-                    state_bytes=tensor_bytes(*_lora_params(module)), state_what=STATE_WHAT)
+                    state_bytes=tensor_bytes(*_lora_params(module)), state_what=STATE_WHAT,
+                    bytes={"fwd+bwd": sum(dense_bytes[c] for c in COMPONENTS)})
     fv, note = fvcore_forward(module, (x.detach(),))
     target.notes["fwd"] = f"fvcore: {fv} FLOPs ({note})" if fv is not None else note
     if case.provider == "peft":
@@ -136,6 +139,17 @@ def _add_components(case: Case, layer: core.CELoRALinear, x, gy, y_kept, target:
     target.extra["bwd.grad_x_frozen"] = {"k": layer.k, "k_multiple": layer.k_multiple, "p_eff": layer.k / case.m,
                                          "r0": layer.r0, "grad_x_form": form,
                                          "gather": gather.methods_used().get(W0.device.type, "")}
+    traffic = module_bytes(layer, case.tokens, gy.element_size())
+    if not layer.dense and layer.r0 == 0 and not case.cache_rows:
+        # the kept-column product's two halves alone, for the roofline: the gather is memory-bound, the
+        # product compute-bound, so cutting FLOPs by p does not cut time by p
+        rows = W0.index_select(0, layer.idx)                                  # (k, n)
+        kept = gather.gather_columns(gy, layer.idx)                           # (N, k)
+        target.parts["detail.gather"] = lambda: gather.gather_columns(gy, layer.idx)
+        target.parts["detail.kept_product"] = lambda: torch.mm(kept, rows)
+        target.analytic.update({"detail.gather": 0, "detail.kept_product": 2 * case.tokens * layer.k * case.n})
+    target.bytes = {c: v for c, v in traffic.items() if c in target.parts or c == "selection"}
+    target.bytes["fwd+bwd"] = sum(traffic[c] for c in COMPONENTS)
     if not layer.dense:
         target.parts["selection"] = lambda: layer.refresh(gy)
         target.amortized["selection.amortized"] = ("selection", case.tau)

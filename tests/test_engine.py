@@ -165,6 +165,7 @@ def test_interrupt_keeps_rows_and_resume_skips_them(tmp_path, monkeypatch):
     from celora_bench import registry
     monkeypatch.setattr(registry, "get", lambda name: _Suite)
     monkeypatch.setattr(runner, "warm_up", lambda device: None)
+    monkeypatch.setattr(runner, "calibrate", lambda ctx: {})
     path = str(tmp_path / "r.json")
     _Suite.calls, _Suite.interrupt, _Suite.crash = [], True, True
     with pytest.raises(KeyboardInterrupt):

@@ -52,6 +52,7 @@ class _Suite:
 def fake(monkeypatch):
     monkeypatch.setattr(registry, "get", lambda name: _Suite)
     monkeypatch.setattr(runner, "warm_up", lambda device: None)
+    monkeypatch.setattr(runner, "calibrate", lambda ctx: {})
     _Suite.need, _Suite.stop_at, _Suite.calls = 6, None, 0
     return _Suite
 

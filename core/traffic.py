@@ -1,0 +1,87 @@
+"""Analytic bytes moved by each component: the minimum, every operand read once and every result written
+once, in the run's dtype (b bytes per element); an in-place accumulation (addmm_) reads its output too.
+Index tensors are int64 (8 bytes per element). The roofline (celora_bench.roofline) divides the FLOPs
+(core.flops) by these.
+
+Shapes as in core.flops: N tokens, m output features, n input features, r LoRA rank, k kept features, r0
+SVD rank, w the skinny operand's width and K the fused operands' inner width (core.components).
+"""
+from __future__ import annotations
+
+from core.components import fused_layout, skinny_width
+from core.config import GRAD_X_FORMS
+
+INDEX_BYTES = 8
+
+
+def _mm(b: int, rows: int, inner: int, cols: int, accumulate: bool = False) -> int:
+    """(rows, inner) @ (inner, cols): both operands read, the result written (and read first if accumulated)."""
+    out = rows * cols
+    return b * (rows * inner + inner * cols + out * (2 if accumulate else 1))
+
+
+def gather_bytes(b: int, rows: int, k: int) -> int:
+    """k columns (or rows) of `rows` elements gathered: read, written contiguous, and the k indices read."""
+    return 2 * b * rows * k + INDEX_BYTES * k
+
+
+def layer_bytes(N: int, m: int, n: int, r: int, k: int | None = None, r0: int = 0, cache_rows: bool = False,
+                form: str = "split", k_multiple: int = 1, b: int = 4) -> dict[str, int]:
+    """Bytes of one forward+backward of a LoRA layer, per component (profiler scope), plus "selection"
+    and, for a sampled layer, the kept-column product's two halves timed alone ("detail.gather": G_y[:, I],
+    "detail.kept_product": G_y[:, I]·rows).
+
+    fwd.frozen        x W0ᵀ: x (N, n), W0 (m, n) read, y (N, m) written
+    fwd.lora          h = x_d Aᵀ (N, r) written; y += s·h Bᵀ in place (y read and written)
+    bwd.grad_h        G_y [s·B | 0 | C | 0]: G_y (N, m) and the (m, w) operand read, (N, w) written
+    bwd.grad_B        (hᵀ G_y)ᵀ: h (N, r), G_y (N, m) read, (r, m) written
+    bwd.grad_A        G_hᵀ x_d: G_h (N, r), x_d (N, n) read, (r, n) written
+    bwd.grad_x_lora   G_x += G_h A in place
+    bwd.grad_x_frozen dense: G_y W0. split: the G_y column gather, (lean) the W0 row gather, the kept
+                      product, and (r0 > 0) G_x += T A0 in place. fused: the gather into L, (lean) the W0
+                      row gather into the right operand, A (and A0) copied in, one (N, K) @ (K, n) GEMM.
+    selection         one refresh: G_y read for its column norms, the residual norms read, (cached) R[I, :]
+                      rebuilt from W0[I, :], B0[I, :] and A0.
+
+    Raises:
+        ValueError: form is not "split" or "fused".
+    """
+    if form not in GRAD_X_FORMS:
+        raise ValueError(f"layer_bytes form={form!r} is invalid; allowed: " + " or ".join(GRAD_X_FORMS))
+    dense = k is None or k == m
+    double = not dense and r0 > 0
+    w = skinny_width(r, r0) if double else r
+    out = {
+        "fwd.frozen": _mm(b, N, n, m),
+        "fwd.lora": _mm(b, N, n, r) + _mm(b, N, r, m, accumulate=True),
+        "bwd.grad_h": _mm(b, N, m, w),
+        "bwd.grad_B": _mm(b, r, N, m),
+        "bwd.grad_A": _mm(b, r, N, n),
+        "bwd.grad_x_lora": _mm(b, N, r, n, accumulate=True),
+    }
+    if dense:
+        out["bwd.grad_x_frozen"] = _mm(b, N, m, n)
+        out["selection"] = 0
+        return out
+    rows_gather = 0 if cache_rows else gather_bytes(b, n, k)        # W0[I, :] in lean mode
+    if form == "fused":
+        lay = fused_layout(k, r, r0, k_multiple)
+        copies = 2 * b * (lay.r0 if not cache_rows else 0) * n + 2 * b * r * n   # A0 (lean) and A into the right
+        out["bwd.grad_h"] = _mm(b, N, m, lay.w)
+        out["bwd.grad_x_frozen"] = gather_bytes(b, N, k) + rows_gather + copies + _mm(b, N, lay.K, n)
+        out["bwd.grad_x_lora"] = 0
+    else:
+        out["bwd.grad_x_frozen"] = (gather_bytes(b, N, k) + rows_gather + _mm(b, N, k, n)
+                                    + (_mm(b, N, r0, n, accumulate=True) if r0 else 0))
+    out["selection"] = b * N * m + 4 * m + INDEX_BYTES * k + (
+        b * (2 * k * n + k * r0 + r0 * n) if cache_rows else (b * 2 * m * r0 if r0 else 0))
+    out["detail.gather"] = gather_bytes(b, N, k)
+    out["detail.kept_product"] = _mm(b, N, k, n)
+    return out
+
+
+def module_bytes(layer, N: int, b: int) -> dict[str, int]:
+    """layer_bytes of a CELoRALinear for N tokens as it runs now (its k, r0, cache mode, form, k multiple)."""
+    return layer_bytes(N, layer.out_features, layer.in_features, layer.config.r,
+                       None if layer.dense else layer.k, layer.r0, layer.config.cache_rows,
+                       form=layer.grad_x_form, k_multiple=layer.k_multiple, b=b)
