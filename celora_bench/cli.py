@@ -159,8 +159,9 @@ def build_parser() -> Parser:
     exp.add_argument("run", metavar="RUN")
     exp.add_argument("--format", required=True, choices=("csv", "md", "latex", "json", "html"))
     exp.add_argument("--out", default=None, help="file (default: standard output)")
-    exp.add_argument("--table", choices=("rows", "verdict"), default="rows",
-                     help="rows (default): every measured row; verdict: every check with its interval")
+    exp.add_argument("--table", choices=("rows", "verdict", "roofline"), default="rows",
+                     help="rows (default): every measured row; verdict: every check with its interval; "
+                          "roofline: every timed component against the run's calibrated peaks")
 
     cmp_ = sub.add_parser("compare", help="diff two runs; exit 1 on a regression",
                           description=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -193,6 +194,11 @@ def build_parser() -> Parser:
                            "(default 3; 0 with --from, whose run was measured elsewhere)")
     gate.add_argument("-k", dest="filter", action="append", default=None,
                       help="only cases whose id contains FILTER (repeat for any of several)")
+
+    rev = sub.add_parser("reverdict", help="recompute the verdicts stored in results files with the current "
+                                           "rules (rows untouched); --check only reports stale ones")
+    rev.add_argument("runs", nargs="+", metavar="RUN")
+    rev.add_argument("--check", action="store_true", help="exit 1 if any file's stored verdict is stale")
 
     merge = sub.add_parser("merge", help="join the parts of a sharded run (--shard i/n)")
     merge.add_argument("runs", nargs="+", metavar="RUN")
@@ -590,6 +596,25 @@ def _rechecker(base, cand, rules, times: int, threads):
     return recheck
 
 
+def cmd_reverdict(args) -> int:
+    """Every report recomputes the verdict from the rows; this keeps the copy stored in the file current."""
+    from celora_bench import runner
+
+    stale = []
+    for path in args.runs:
+        run = _load(path)
+        suites = run.run.get("suites") or sorted({r.case.suite for r in run.rows})
+        fresh = runner.verdicts_of(run, suites)
+        if fresh != run.verdicts:
+            stale.append(path)
+            if not args.check:
+                run.verdicts = fresh
+                run.save()
+    verb = "stale" if args.check else "rewritten"
+    print(f"{len(stale)} of {len(args.runs)} files {verb}" + "".join(f"\n  {p}" for p in stale))
+    return 1 if args.check and stale else 0
+
+
 def cmd_merge(args) -> int:
     from celora_bench.merge import MergeError, merge
 
@@ -616,7 +641,8 @@ def cmd_fetch_model(args) -> int:
 
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "show": cmd_show, "export": cmd_export, "plot": cmd_plot,
-            "compare": cmd_compare, "gate": cmd_gate, "merge": cmd_merge, "fetch-model": cmd_fetch_model,
+            "compare": cmd_compare, "gate": cmd_gate, "merge": cmd_merge, "reverdict": cmd_reverdict,
+            "fetch-model": cmd_fetch_model,
             "report": cmd_report}
 
 if __name__ == "__main__":

@@ -54,10 +54,34 @@ def verdict_frame(run: Run) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=cols)
 
 
+def roofline_frame(run: Run) -> pd.DataFrame:
+    """One line per timed component with analytic FLOPs and bytes: where it sits against the run's peaks.
+    Raw inputs (FLOPs, bytes, seconds, the peaks) are columns, so every figure can be recomputed."""
+    from celora_bench import roofline
+
+    peaks = roofline.peaks_of(run.machine_info)
+    cols = ["case_id", "layer", "provider", "component", "flops", "bytes", "seconds", "intensity_flop_per_byte",
+            "flops_per_s", "bytes_per_s", "roof", "sol", "peak_flops_per_s", "peak_bytes_per_s"]
+    if peaks is None:
+        return pd.DataFrame(columns=cols)
+    records = [{"case_id": r.case.id, "layer": r.case.layer, "provider": r.case.provider, "component": r.component,
+                "flops": p.flops, "bytes": p.bytes, "seconds": p.seconds, "intensity_flop_per_byte": p.intensity,
+                "flops_per_s": p.flops_per_s, "bytes_per_s": p.bytes_per_s, "roof": p.roof, "sol": p.sol,
+                "peak_flops_per_s": peaks.flops_per_s, "peak_bytes_per_s": peaks.bytes_per_s}
+               for r, p in roofline.points(run.rows, peaks)]
+    return pd.DataFrame.from_records(records, columns=cols)
+
+
+TABLES = {"rows": (frame, "one line per (case, component)"),
+          "verdict": (lambda run: verdict_frame(run), "one line per verdict check, value [lo, hi]"),
+          "roofline": (lambda run: roofline_frame(run), "one line per timed component against the measured peaks")}
+
+
 def export(run: Run, fmt: str, table: str = "rows") -> str:
-    """table "rows": one line per (case, component); "verdict": one line per check with its interval."""
-    df = frame(run) if table == "rows" else verdict_frame(run)
-    what = "one line per (case, component)" if table == "rows" else "one line per verdict check, value [lo, hi]"
+    """table "rows": one line per (case, component); "verdict": one line per check with its interval;
+    "roofline": one line per timed component with its speed-of-light figures."""
+    make, what = TABLES[table]
+    df = make(run)
     if fmt == "csv":
         return df.to_csv(index=False)                      # full repr precision
     if fmt == "json":   # json.dumps writes repr floats; pandas' to_json rounds to 15 digits
@@ -67,8 +91,10 @@ def export(run: Run, fmt: str, table: str = "rows") -> str:
         return json.dumps({"flops_convention": CONVENTION, "units": {"*_s": "seconds", "mem_bytes": "bytes"},
                            table: records}, indent=1)
     shown = _rendered(df) if table == "rows" else df
-    note = f"{CONVENTION}; " + ("times in ms (4 significant digits)" if table == "rows" else
-                                "values unitless ratios/shares, [lo, hi] a 95% interval between rounds")
+    note = f"{CONVENTION}; " + {"rows": "times in ms (4 significant digits)",
+                                "verdict": "values unitless ratios/shares, [lo, hi] a 95% interval between rounds",
+                                "roofline": "seconds (median; kernel time on CUDA), bytes analytic, SOL = achieved "
+                                            "/ the roof at the component's intensity"}[table]
     if fmt == "md":
         return f"{note}\n\n" + shown.to_markdown(index=False) + "\n"
     if fmt == "latex":

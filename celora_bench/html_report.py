@@ -55,6 +55,8 @@ PLOT_CAPTIONS = {   # file-name prefix written by celora_bench.plot / a suite's 
     "approx-error": "relative error of G_x against p, and against the index's age",
     "convergence": "loss curves, band = ±1 sd over seeds",
     "step-phases": "one training step per provider: forward, backward and optimizer, median ms",
+    "roofline-": "roofline from the run's calibrated peaks: each component of dense LoRA and of CE-LoRA "
+                 "(r0 = 0, lean) at its arithmetic intensity; the distance below the roof is 1 - SOL",
 }
 HEADLINES = {      # the verdict rows that answer the question in one look
     "backward-breakdown": lambda c: c.scope.startswith("whole block"),
@@ -395,6 +397,10 @@ def suite_html(run: Run, suite: str, anchor: str) -> str:
     if suite == "backward-breakdown":
         out.append("<h4>components × providers, per layer</h4>")
         out.append(components_tables(rows))
+        roof = report.roofline_table("speed of light", rows, run.machine_info)
+        if roof is not None and roof.row_count:
+            out.append("<h4>speed of light: every component against the measured roofs</h4>")
+            out.append(rich_table(roof))
     elif suite == "model-step":
         out.append("<h4>every case's components</h4>")
         out.append(case_details(rows))

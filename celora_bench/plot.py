@@ -138,6 +138,54 @@ def speedup(cases: dict, title: str, path: str) -> str:
     return save(fig, *os.path.split(path), rect=(0, 0.6 / fig.get_figheight(), 1, 1))   # legend below
 
 
+MARKERS = "osD^v<>pPX*hH"
+
+
+def roofline_plot(rows, peaks, title: str, path: str) -> str | None:
+    """Log-log roofline from the run's measured peaks: every timed component with analytic FLOPs and bytes
+    as a point (colour: provider, marker: component), one panel per layer; FLOP-free components (a gather)
+    sit on the bandwidth axis at their bytes/s instead."""
+    from celora_bench import roofline
+
+    pts = roofline.points(rows, peaks)
+    if not pts:
+        return None
+    layers = sorted({r.case.layer for r, _ in pts}, key=_order)
+    comps = sorted({r.component for r, _ in pts})
+    provs = sorted({case_label(r.case) for r, _ in pts}, key=lambda s: (s != "dense", s))
+    cols = min(2, len(layers))
+    nrows = (len(layers) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.2 * cols, 4.6 * nrows), squeeze=False)
+    ridge = roofline.ridge(peaks)
+    xs = np.logspace(-1, 4, 200)
+    for ax, layer in zip(axes.flat, layers):
+        ax.plot(xs, np.minimum(peaks.flops_per_s, xs * peaks.bytes_per_s) / 1e9, "k-", lw=1.2)
+        ax.axvline(ridge, color="grey", ls=":", lw=0.8)
+        for r, p in pts:
+            if r.case.layer != layer:
+                continue
+            color = f"C{provs.index(case_label(r.case)) % 10}"
+            marker = MARKERS[comps.index(r.component) % len(MARKERS)]
+            if p.flops:
+                ax.loglog(p.intensity, p.flops_per_s / 1e9, marker, color=color, ms=6, alpha=0.85)
+            else:                                  # a gather: its bytes/s against the bandwidth roof
+                ax.loglog(0.15, p.bytes_per_s / 1e9 * 0.15, marker, color=color, ms=6, alpha=0.85)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("arithmetic intensity (FLOP/byte; a gather: at the left edge, on the bandwidth roof)")
+        ax.set_ylabel("GFLOP/s (2·m·n·k)")
+        ax.set_title(layer, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=f"C{i % 10}") for i in range(len(provs))]
+    handles += [plt.Line2D([], [], marker=MARKERS[i % len(MARKERS)], ls="", color="grey") for i in range(len(comps))]
+    fig.legend(handles, provs + comps, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"{title}: {peaks.flops_per_s / 1e9:.0f} GFLOP/s, {peaks.bytes_per_s / 1e9:.1f} GB/s measured")
+    extra = (len(provs) + len(comps) + 3) // 4 * 0.22 + 0.3
+    return save(fig, *os.path.split(path), rect=(0, extra / fig.get_figheight(), 1, 1))
+
+
 def plot(run: Run, out_dir: str) -> list[str]:
     """The layer plots for every layer-level group, then each suite's own plots (if it has any)."""
     from celora_bench import registry
@@ -154,7 +202,19 @@ def plot(run: Run, out_dir: str) -> list[str]:
         paths.append(breakdown(cases, f"backward components: {title}", os.path.join(out_dir, f"breakdown-{tag}.png")))
         if any(c.provider == "celora" for c in cases):
             paths.append(speedup(cases, f"speed-up vs p: {title}", os.path.join(out_dir, f"speedup-{tag}.png")))
+        peaks = roofline_peaks(run)
+        if peaks is not None:
+            rows = [r for comps in cases.values() for r in comps.values()
+                    if r.case.provider == "dense" or (r.case.svd_rank == 0 and not r.case.cache_rows)]
+            got = roofline_plot(rows, peaks, f"roofline: {title}", os.path.join(out_dir, f"roofline-{tag}.png"))
+            if got:
+                paths.append(got)
     return paths
+
+
+def roofline_peaks(run: Run):
+    from celora_bench import roofline
+    return roofline.peaks_of(run.machine_info)
 
 
 def step_phases(rows, out_dir: str) -> list[str]:

@@ -149,7 +149,36 @@ def checks_of(run: Run, suite: str) -> list[Check]:
     rows = [r for r in run.rows if r.case.suite == suite]
     if not rows:
         return []
-    return registry.get(suite).verdict(rows)
+    return registry.get(suite).verdict(rows, run.machine_info)
+
+
+ROOFLINE_SHOWN = ("bwd.grad_x_frozen", "detail.gather", "detail.kept_product")   # without --detail
+ROOFLINE_CAPTION = ("speed of light: analytic bytes (each operand read once, each result written once), "
+                    "intensity = FLOPs/byte, achieved = FLOPs (bytes) over the median time, roof = the one that "
+                    "binds at that intensity, SOL = achieved / roof; peaks calibrated at the start of the run")
+
+
+def peaks_text(peaks) -> str:
+    from celora_bench import roofline
+    return (f"peaks {peaks.flops_per_s / 1e9:.1f} GFLOP/s, {peaks.bytes_per_s / 1e9:.1f} GB/s (ridge "
+            f"{roofline.ridge(peaks):.1f} FLOP/B; {peaks.device} {peaks.dtype}, {peaks.threads} threads)")
+
+
+def roofline_table(title: str, rows: list[Row], machine_info: dict) -> Table | None:
+    """Every timed component against the machine's measured roofs (celora_bench.roofline); None without peaks."""
+    from celora_bench import roofline
+
+    peaks = roofline.peaks_of(machine_info)
+    if peaks is None:
+        return None
+    t = Table(title=f"{title}: {peaks_text(peaks)}", caption=ROOFLINE_CAPTION, caption_justify="left")
+    for col in ("layer", "provider", "component", "GFLOP", "MB", "FLOP/B", "GFLOP/s", "GB/s", "roof", "SOL %"):
+        t.add_column(col, justify="left" if col in ("layer", "provider", "component", "roof") else "right")
+    for r, p in roofline.points(rows, peaks):
+        t.add_row(f"{r.case.layer} {r.case.m}x{r.case.n}", case_label(r.case), r.component, f"{p.flops / 1e9:.3f}",
+                  f"{p.bytes / 1e6:.2f}", f"{p.intensity:.1f}", f"{p.flops_per_s / 1e9:.1f}",
+                  f"{p.bytes_per_s / 1e9:.1f}", p.roof, f"{p.sol * 100:.0f}")
+    return t
 
 
 def run_where(run: Run) -> str:
@@ -185,6 +214,10 @@ def render(run: Run, console: Console, detail: bool = False) -> None:
         if detail:
             for case, comps in sorted(by_case(rows).items(), key=lambda kv: kv[0].id):
                 console.print(detail_table(case, comps))
+        roof = roofline_table(f"{suite}: speed of light ({where})",
+                              rows if detail else [r for r in rows if r.component in ROOFLINE_SHOWN], run.machine_info)
+        if roof is not None and roof.row_count:
+            console.print(roof)
         checks = checks_of(run, suite)
         console.print(verdict_table(f"{suite} on {where}: verdict ({verdict_counts(checks)})", checks))
     for e in run.errors:

@@ -160,3 +160,32 @@ def point(flops: int, nbytes: int, seconds: float, peaks: Peaks) -> Point:
 def ridge(peaks: Peaks) -> float:
     """The intensity (FLOPs/byte) where the two roofs meet."""
     return peaks.flops_per_s / peaks.bytes_per_s
+
+
+def peaks_of(machine_info: dict) -> Peaks | None:
+    """The run's calibrated peaks from its machine record (None: a run from before calibration, or it failed)."""
+    d = (machine_info or {}).get("roofline")
+    if not d or "error" in d:
+        return None
+    return Peaks.from_json(d)
+
+
+def row_point(row, peaks: Peaks) -> Point | None:
+    """A timed row with analytic FLOPs and bytes (extra["bytes_analytic"]) on the roofline; kernel time where
+    the row has it (CUDA), else its median wall time."""
+    nbytes = row.extra.get("bytes_analytic")
+    if not row.samples or row.flops_analytic is None or not nbytes:
+        return None
+    k = row.extra.get("kernel_samples")
+    seconds = statistics.median(k) if k else statistics.median(row.samples)
+    return point(row.flops_analytic, nbytes, seconds, peaks) if seconds > 0 else None
+
+
+def points(rows, peaks: Peaks) -> list[tuple[object, Point]]:
+    """(row, Point) for every row that can be placed on the roofline, in row order."""
+    out = []
+    for r in rows:
+        p = row_point(r, peaks)
+        if p is not None:
+            out.append((r, p))
+    return out

@@ -16,6 +16,7 @@ chunk is measured in rounds spread over all of its groups (celora_bench.rounds):
 from __future__ import annotations
 
 import gc
+import json
 import os
 import random
 import signal
@@ -264,7 +265,7 @@ class _State:
 
     def _undecided(self, slots) -> set[tuple[str, str]]:
         """(case id, component) of every series a timed, undecided check reads."""
-        verdict = self.suite.verdict([r for p in self.chunk for r in rows(p)])
+        verdict = self.suite.verdict([r for p in self.chunk for r in rows(p)], self.run_.machine_info)
         have = {s.key for s in slots}
         keys = set()
         for c in verdict:
@@ -332,10 +333,17 @@ def calibrate(ctx: Context) -> dict:
         return {"error": f"{type(e).__name__}: {e}"[:300]}
 
 
+def verdicts_of(run_: results.Run, suite_names: list[str]) -> dict[str, list[dict]]:
+    """Each suite's verdict, computed with the current rules from the rows measured so far, as stored."""
+    out = {}
+    for name in suite_names:
+        rows_ = [r for r in run_.rows if r.case.suite == name]
+        checks = registry.get(name).verdict(rows_, run_.machine_info) if rows_ else []
+        out[name] = json.loads(json.dumps([c.to_json() for c in checks]))       # as it reads back from the file
+    return out
+
+
 def finish(run_: results.Run, suite_names: list[str]) -> None:
     """Computes each suite's verdict from the rows measured so far and saves."""
-    for name in suite_names:
-        suite = registry.get(name)
-        rows_ = [r for r in run_.rows if r.case.suite == name]
-        run_.verdicts[name] = [c.to_json() for c in suite.verdict(rows_)] if rows_ else []
+    run_.verdicts = verdicts_of(run_, suite_names)
     run_.save()

@@ -5,7 +5,7 @@ A suite is one module in suites/ with:
     cases(opts: Options) -> list[Case]         its sweep, declared once
     setup(case) -> measure.Target              what the engine times, counts and weighs
       or run_case(case, ctx: Context) -> rows  for suites that measure something else
-    verdict(rows) -> list[Check]               the rules the suite exists for
+    verdict(rows, machine) -> list[Check]      the rules the suite exists for (machine: the run's machine record)
 and optionally group_key(case): cases with the same key are timed interleaved, and JUDGED:
 the components its verdict reads (they get more rounds than the rest, celora_bench.runner).
 """

@@ -269,7 +269,7 @@ def _mean_err(rows, **match) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
-def verdict(rows: list[Row]) -> list[Check]:
+def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
     gx = [r for r in rows if r.case.param("kind") == "gx"]
     prop = [r for r in rows if r.case.param("kind") == "propagation"]
     checks = []

@@ -7,9 +7,11 @@ the verdict: is the G_y·W0 share ~50%, and is it cut to p×?
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 
 from celora_bench import intervals as I
+from celora_bench import roofline
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Check, Options
 from core.config import balanced_rank
@@ -258,7 +260,7 @@ def _exact_check(idx, case: Case, base: Case | None) -> Check | None:
                  "; ".join(bad) or f"{len(pairs)} FLOP counts equal their analytic counts", kind="exact")
 
 
-def verdict(rows: list[Row]) -> list[Check]:
+def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
     idx = _index(rows)
     on = basis(rows)
     if any(r.samples and not r.rounds for r in rows):      # a file from before rounds: nothing to pair
@@ -283,11 +285,59 @@ def verdict(rows: list[Row]) -> list[Check]:
         base = dense.get((_group(case), case.layer))
         if base is not None:
             checks += _cost_checks(idx, case, base, on)
+    peaks = roofline.peaks_of(machine or {})
+    if peaks is not None:
+        for case in sorted({r.case for r in rows if r.case.provider == "celora"}, key=lambda c: c.id):
+            base = dense.get((_group(case), case.layer))
+            if base is not None and (case.id, "detail.gather") in idx:
+                checks += _sol_checks(idx, case, base, peaks)
     for case in sorted({r.case for r in rows}, key=lambda c: c.id):
         exact = _exact_check(idx, case, dense.get((_group(case), case.layer)))
         if exact is not None:
             checks.append(exact)
     return checks
+
+
+SOL_CHECK = "4. speed of light"
+
+
+def _sol_checks(idx, case: Case, base: Case, peaks) -> list[Check]:
+    """INFO: how close the dense G_y·W0, CE-LoRA's kept-column product and its column gather come to the
+    machine's roofs, and why the cut lands above p× where it does: the gather and the skinny products move
+    bytes at memory speed while the product they replace was compute-bound, so their time does not
+    shrink with the FLOPs."""
+    scope = _cost_scope(case)
+    got = {}
+    for name, cid, comp in (("dense G_y·W0", base.id, "bwd.grad_x_frozen"),
+                            ("kept-column product", case.id, "detail.kept_product"),
+                            ("G_y column gather", case.id, "detail.gather")):
+        row = idx.get((cid, comp))
+        pt = roofline.row_point(row, peaks) if row is not None else None
+        if pt is not None:
+            got[name] = pt
+    out = []
+    for name, pt in got.items():
+        what = (f"{pt.flops_per_s / 1e9:.1f} GFLOP/s at {pt.intensity:.1f} FLOP/B" if pt.flops
+                else f"{pt.bytes_per_s / 1e9:.1f} GB/s (no FLOPs)")
+        out.append(Check(SOL_CHECK, scope, f"SOL {name}", pt.sol, "reported", "INFO",
+                         f"{what}; {pt.roof}-bound; {pt.seconds * 1e3:.3f} ms", kind="info"))
+    c_row = idx.get((case.id, "bwd.grad_x_frozen"))
+    if len(got) == 3 and _timed(c_row):
+        d, kp, g = got["dense G_y·W0"], got["kept-column product"], got["G_y column gather"]
+        k, _ = k_rule(case)
+        p = k / case.m
+        whole = statistics.median(c_row.samples) / d.seconds
+        rest = whole - (kp.seconds + g.seconds) / d.seconds
+        rounds = len(idx[(case.id, "detail.kept_product")].samples)
+        why = (f"CE-LoRA's G_y·W0 = {whole:.3f} of dense ({whole / p:.2f}·p, medians): the kept-column product "
+               f"alone is {kp.seconds / d.seconds / p:.2f}·p at SOL {kp.sol:.0%} (dense {d.sol:.0%}); the G_y "
+               f"column gather adds {g.seconds / d.seconds:.3f} of dense at {g.sol:.0%} of the bandwidth roof; "
+               f"the rest, {rest:+.3f} of dense ({'the W0 row gather, ' if not case.cache_rows else ''}"
+               f"allocation, the call), is bytes and overhead that do not shrink with the FLOPs "
+               f"(the two halves timed alone in {rounds} rounds)")
+        out.append(Check(SOL_CHECK, scope, "what limits the cut to p×", whole / p, "reported", "INFO", why,
+                         kind="info"))
+    return out
 
 
 def _dense_of(rows: list[Row], case: Case) -> Case | None:

@@ -285,7 +285,7 @@ def _smoke(rows: list[Row]) -> bool:
     return len(seeds) < 3
 
 
-def verdict(rows: list[Row]) -> list[Check]:
+def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
     """Per arm and task: Δ vs LoRA, paired over seeds, judged against ±tolerance (see the module docstring)."""
     checks = []
     smoke = _smoke(rows)

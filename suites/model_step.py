@@ -208,7 +208,7 @@ def time_share(prof: Row | None) -> tuple[float | None, str]:
     return (secs / total if secs and total else None), basis
 
 
-def verdict(rows: list[Row]) -> list[Check]:
+def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
     """Per model: G_y·W0's share of the step; each CE-LoRA preset's measured step speed-up against the
     FLOP-predicted one; speed-ups against peft. Steps are timed one provider at a time (each model
     is freed before the next is built), so intervals resample each provider's steps independently."""

@@ -17,7 +17,7 @@ from celora_bench import cli, export, html_report, report, results
 from celora_bench.suite import Check
 
 README = os.path.join(os.path.dirname(__file__), "..", "results", "readme")
-COMMITTED = {"backward-breakdown-quick.json": 2, "approx-error-quick.json": 1, "convergence-quick.json": 1,
+COMMITTED = {"agreement/quick-1.json": 3, "approx-error-quick.json": 1, "convergence-quick.json": 1,
              "model-step-full.json": 1}           # file -> the least number of plots its page must hold
 VOID = {"meta", "img", "br", "hr", "link", "input", "source", "col", "wbr"}
 REF_ATTRS = {"src", "href", "srcset", "action", "data", "poster", "formaction", "background"}
@@ -80,7 +80,7 @@ def committed(name: str) -> results.Run:
 
 @pytest.fixture(scope="module")
 def bb_quick():
-    return committed("backward-breakdown-quick.json")
+    return committed("agreement/quick-1.json")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def bb_page(bb_quick):
     return html_report.render([bb_quick])
 
 
-def one_layer(src: results.Run, layer: str = "q_proj", **changes) -> results.Run:
+def one_layer(src: results.Run, layer: str = "q_proj+o_proj", **changes) -> results.Run:
     """A small run: the rows of one layer; changes replace Run fields (never written)."""
     return dataclasses.replace(src, rows=[r for r in src.rows if r.case.layer == layer], **{"writer": False, **changes})
 
@@ -105,7 +105,7 @@ def self_contained(page: Page, text: str) -> None:
 @pytest.mark.parametrize("name", sorted(COMMITTED))
 def test_each_suite_page_parses_holds_every_verdict_row_and_plot(name, request):
     run = committed(name)
-    text = request.getfixturevalue("bb_page") if name.startswith("backward") else html_report.render([run])
+    text = request.getfixturevalue("bb_page") if name.startswith("agreement") else html_report.render([run])
     page = Page(text)
     assert text.startswith("<!DOCTYPE html>") and "<title>" in text and '<meta charset="utf-8">' in text
     self_contained(page, text)
@@ -125,12 +125,12 @@ def test_each_suite_page_parses_holds_every_verdict_row_and_plot(name, request):
 
 
 def test_page_shows_the_numbers_show_prints(bb_quick, bb_page, capsys):
-    path = os.path.join(README, "backward-breakdown-quick.json")
+    path = os.path.join(README, "agreement", "quick-1.json")
     assert cli.main(["show", path, "--detail"]) == 0
     shown = " ".join(capsys.readouterr().out.split())
     page = Page(bb_page).plain
     cases = report.by_case(bb_quick.rows)
-    dense = next(c for c in cases if c.provider == "dense" and c.layer == "q_proj")
+    dense = next(c for c in cases if c.provider == "dense" and c.layer == "q_proj+o_proj")
     celora = next(c for c in cases if c.provider == "celora" and c.layer == "down_proj" and c.keep_ratio == 0.25)
     # independent formatting: ms with 2 decimals (summary), 3 decimals (detail), GFLOP with 3, verdict 4 digits
     values = [f"{cases[dense]['fwd+bwd'].time.median * 1e3:.2f}",
