@@ -195,6 +195,12 @@ def build_parser() -> Parser:
     gate.add_argument("-k", dest="filter", action="append", default=None,
                       help="only cases whose id contains FILTER (repeat for any of several)")
 
+    cal = sub.add_parser("calibrate", help="measure this machine's roofs (peak GEMM FLOP/s, memory bytes/s) "
+                                           "and check a large GEMM against them (SOL within 0.5-1.1)")
+    cal.add_argument("--device", choices=DEVICES, default="auto")
+    cal.add_argument("--dtype", choices=DTYPES, default=None)
+    cal.add_argument("--threads", type=_threads, default=None)
+
     rev = sub.add_parser("reverdict", help="recompute the verdicts stored in results files with the current "
                                            "rules (rows untouched); --check only reports stale ones")
     rev.add_argument("runs", nargs="+", metavar="RUN")
@@ -596,6 +602,27 @@ def _rechecker(base, cand, rules, times: int, threads):
     return recheck
 
 
+def cmd_calibrate(args) -> int:
+    """The roofs a run would store, and a sanity check: a GEMM of another size than the calibration's,
+    timed on its own, must land between 0.5 and 1.1 of the compute roof (exit 1 otherwise)."""
+    from celora_bench import malloc, roofline
+
+    device, dtype = _device_dtype(args.device, args.dtype)
+    malloc.tune()
+    peaks = roofline.calibrate(device, dtype, args.threads)
+    print(f"{device} {dtype}, {peaks.threads} threads: {peaks.flops_per_s / 1e9:.1f} GFLOP/s "
+          f"({peaks.gemm_n}^3 GEMM, median of {len(peaks.gemm_samples_s)}), {peaks.bytes_per_s / 1e9:.2f} GB/s "
+          f"(best of STREAM copy and triad over {peaks.copy_bytes / 2**20:.0f} MiB arrays); ridge "
+          f"{roofline.ridge(peaks):.1f} FLOP/B" + (f"; published: {peaks.published}" if peaks.published else ""))
+    n = int(peaks.gemm_n * 1.5) // 64 * 64
+    check = roofline.calibrate(device, dtype, args.threads, gemm_n=n, stream_bytes=1 << 20, reps=3)
+    sol = check.flops_per_s / peaks.flops_per_s
+    ok = 0.5 <= sol <= 1.1
+    print(f"sanity: a {n}^3 GEMM ran at {check.flops_per_s / 1e9:.1f} GFLOP/s = {sol:.2f} of the compute roof "
+          f"(allowed 0.5-1.1): {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
 def cmd_reverdict(args) -> int:
     """Every report recomputes the verdict from the rows; this keeps the copy stored in the file current."""
     from celora_bench import runner
@@ -642,8 +669,7 @@ def cmd_fetch_model(args) -> int:
 
 COMMANDS = {"list": cmd_list, "run": cmd_run, "show": cmd_show, "export": cmd_export, "plot": cmd_plot,
             "compare": cmd_compare, "gate": cmd_gate, "merge": cmd_merge, "reverdict": cmd_reverdict,
-            "fetch-model": cmd_fetch_model,
-            "report": cmd_report}
+            "calibrate": cmd_calibrate, "fetch-model": cmd_fetch_model, "report": cmd_report}
 
 if __name__ == "__main__":
     sys.exit(main())

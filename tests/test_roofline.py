@@ -64,3 +64,21 @@ def test_roofline_point_picks_the_binding_roof():
     assert comp.roof == "compute" and comp.sol == pytest.approx(0.5)
     gather = roofline.point(flops=0, nbytes=10**9, seconds=0.25, peaks=peaks)
     assert gather.roof == "memory" and gather.sol == pytest.approx(0.4) and gather.intensity == 0.0
+
+
+def test_calibrate_command_prints_the_roofs_and_its_sanity_check(capsys, monkeypatch):
+    """The command's logic (not the machine's speed): a fake calibration whose GEMM check lands inside and
+    outside 0.5-1.1 of the roof."""
+    from celora_bench import cli
+
+    def fake(device, dtype, threads, gemm_n, flops):
+        """The run's calibration (no gemm_n given) at 200 GFLOP/s, the check's GEMM at `flops`."""
+        return roofline.Peaks(device, dtype, 2, 200e9 if gemm_n is None else flops, 20e9, gemm_n or 2048,
+                              (0.1,), 1, (0.1,), (0.1,))
+    monkeypatch.setattr(roofline, "calibrate", lambda d, t, th, gemm_n=None, **kw: fake(d, t, th, gemm_n, 150e9))
+    assert cli.main(["calibrate", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "200.0 GFLOP/s" in out and "= 0.75 of the compute roof" in out and "PASS" in out
+    monkeypatch.setattr(roofline, "calibrate", lambda d, t, th, gemm_n=None, **kw: fake(d, t, th, gemm_n, 50e9))
+    assert cli.main(["calibrate", "--device", "cpu"]) == 1
+    assert "FAIL" in capsys.readouterr().out
