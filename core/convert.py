@@ -9,8 +9,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from core import selection
 from core.config import CELoRAConfig, balanced_rank
-from core.layer import CELoRALinear
+from core.layer import CELoRALinear, SVDSplit
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # The reference code's keep ratios; q, k and gate keep a dense backward.
@@ -97,13 +98,20 @@ def _peft_lora(module: nn.Module):
             drop.p if isinstance(drop, nn.Dropout) else 0.0)
 
 
-def convert(model: nn.Module, plan="paper", **preset_kw) -> Conversion:
+def convert(model: nn.Module, plan="paper", *, svd_cache: dict | None = None, **preset_kw) -> Conversion:
     """Replaces matching linear layers (and peft LoRA layers) with CELoRALinear, in place.
 
     plan: a preset name ("paper", "all", "dense"; preset_kw go to ``preset``) or a
     mapping from fnmatch patterns over module names (e.g. "*v_proj") to CELoRAConfig.
     A peft LoRA layer keeps its trained lora_A and lora_B and its alpha/r scale; the
     plan sets p, r0, tau and score. lm_head is never converted.
+
+    svd_cache: a dict that convert fills with each layer's double-LoRA factors, (module name, r0,
+    (m, n)) -> (B0, A0, a strided sample of W0), and reads before computing an SVD: converting the
+    same model again (the same weights under the same names, e.g. a benchmark that builds the seed-0
+    model once per preset) computes no SVD for a key already there. The factors are shared between
+    the layers, not copied. Raises ValueError when a weight differs (values, device or dtype) from
+    the one its cached factors were computed from.
     """
     if isinstance(plan, str):
         plan = preset(plan, **preset_kw)
@@ -120,12 +128,12 @@ def convert(model: nn.Module, plan="paper", **preset_kw) -> Conversion:
         if peft_parts is not None:
             base, A, B, scale, p_drop = peft_parts
             cfg = replace(cfg, r=A.shape[0], alpha=scale * A.shape[0], dropout=p_drop)
-            new = CELoRALinear.from_linear(base, cfg)
+            new = CELoRALinear.from_linear(base, cfg, _svd_for(svd_cache, name))
             with torch.no_grad():
                 new.lora_A.copy_(A)
                 new.lora_B.copy_(B)
         else:
-            new = CELoRALinear.from_linear(module, cfg)
+            new = CELoRALinear.from_linear(module, cfg, _svd_for(svd_cache, name))
         _set(model, name, new)
         summary.append(Converted(name, (new.out_features, new.in_features), cfg.keep_ratio, cfg.r, new.r0,
                                  cfg.cache_rows, new.k))
@@ -138,6 +146,39 @@ def convert(model: nn.Module, plan="paper", **preset_kw) -> Conversion:
             m.lora_A.requires_grad_(True)
             m.lora_B.requires_grad_(True)
     return summary
+
+
+# Entries of W0 compared to tell whether cached factors belong to a weight: a strided sample, far
+# cheaper than the SVD it guards (a full comparison would keep a copy of every W0).
+FINGERPRINT = 64
+
+
+def _fingerprint(W0: torch.Tensor) -> torch.Tensor:
+    flat = W0.detach().reshape(-1)                                      # (m·n,)
+    return flat[::max(1, flat.numel() // FINGERPRINT)][:FINGERPRINT].clone()
+
+
+def _svd_for(cache: dict | None, name: str) -> SVDSplit | None:
+    """The layer's SVD function backed by cache (None: no cache, the layer computes its own)."""
+    if cache is None:
+        return None
+
+    def split(W0: torch.Tensor, r0: int):
+        if r0 == 0:
+            return None, None
+        key, mark = (name, r0, tuple(W0.shape)), _fingerprint(W0)
+        if key in cache:
+            B0, A0, seen = cache[key]
+            if seen.device != mark.device or seen.dtype != mark.dtype or not torch.equal(seen, mark):
+                raise ValueError(f"convert: svd_cache holds factors for {name} (r0={r0}, shape "
+                                 f"{tuple(W0.shape)}) of another weight ({seen.dtype} on {seen.device}; this one "
+                                 f"{mark.dtype} on {mark.device}); pass one cache per model (same weights, "
+                                 f"device and dtype)")
+            return B0, A0
+        B0, A0 = selection.svd_split(W0, r0)
+        cache[key] = (B0, A0, mark)
+        return B0, A0
+    return split
 
 
 def _set(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +11,8 @@ from core import components as C
 from core import selection
 from core.config import CELoRAConfig, grad_x_form_for
 from core.function import CELoRAFunction
+
+SVDSplit = Callable[[Tensor, int], "tuple[Tensor | None, Tensor | None]"]   # (W0, r0) -> (B0, A0)
 
 
 class CELoRALinear(nn.Module):
@@ -38,12 +40,14 @@ class CELoRALinear(nn.Module):
         weight: frozen W0, (m, n); shared, not copied.
         bias: frozen bias (m,) or None.
         config: the CELoRAConfig.
+        svd: the function giving the double-LoRA factors (B0, A0) of (W0, r0); None: selection.svd_split.
+            ``core.convert`` passes one backed by its ``svd_cache``, so a model converted again reuses them.
 
     Raises:
         ValueError: the input's last dimension does not match W0, or (outside autocast) its dtype.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, config: CELoRAConfig):
+    def __init__(self, weight: Tensor, bias: Tensor | None, config: CELoRAConfig, svd: SVDSplit | None = None):
         super().__init__()
         m, n = weight.shape
         self.config = config
@@ -59,7 +63,7 @@ class CELoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(config.r, n, **kw))
         self.lora_B = nn.Parameter(torch.zeros(m, config.r, **kw))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as peft does
-        B0, A0 = selection.svd_split(self.weight, self.r0)
+        B0, A0 = (svd or selection.svd_split)(self.weight, self.r0)
         self.register_buffer("B0", B0, persistent=False)
         self.register_buffer("A0", A0, persistent=False)
         res_sq = selection.residual_row_sq_norms(self.weight, B0, A0) if sparse else None
@@ -75,9 +79,9 @@ class CELoRALinear(nn.Module):
         self._generator = torch.Generator().manual_seed(config.seed)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, config: CELoRAConfig) -> "CELoRALinear":
-        """Wraps an existing nn.Linear (its weight is shared and frozen)."""
-        return cls(linear.weight, linear.bias, config)
+    def from_linear(cls, linear: nn.Linear, config: CELoRAConfig, svd: SVDSplit | None = None) -> "CELoRALinear":
+        """Wraps an existing nn.Linear (its weight is shared and frozen); svd as in the class."""
+        return cls(linear.weight, linear.bias, config, svd)
 
     @property
     def compute_dtype(self) -> torch.dtype:

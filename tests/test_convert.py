@@ -106,3 +106,36 @@ def test_tau_counts_optimizer_steps_with_checkpointing_and_eval_forwards():
         model.train()
     # refreshes at steps 0, 3, 6: never per micro-batch, recompute or eval forward
     assert all(m.steps == 7 and m.refresh_count == 3 for m in layers)
+
+
+def test_svd_cache_second_conversion_computes_no_svd(monkeypatch):
+    from core import selection
+    calls = []
+    real = selection.svd_split
+
+    def counted(W0, r0):
+        calls.append((tuple(W0.shape), r0))
+        return real(W0, r0)
+    monkeypatch.setattr(selection, "svd_split", counted)
+    cache = {}
+    first = tiny()
+    core.convert(first, "all", r=16, keep_ratio=0.5, svd_cache=cache)
+    assert len(calls) == len(cache) == 4 * 7 and {r0 for _, r0 in calls} == {14}   # one SVD per W0
+    second = tiny()                                          # the same seed-0 weights, built again
+    summary = core.convert(second, "paper", r=16, svd_cache=cache)
+    assert len(calls) == 4 * 7                               # paper's sampled layers: all cached, no SVD
+    reference = tiny()
+    core.convert(reference, "paper", r=16)                   # no cache: its own SVDs
+    sampled = [row.module for row in summary if row.r0]
+    assert len(sampled) == 4 * 4
+    for name in sampled:
+        got, want = second.get_submodule(name), reference.get_submodule(name)
+        assert torch.equal(got.B0, want.B0) and torch.equal(got.A0, want.A0)
+        assert got.B0 is first.get_submodule(name).B0       # shared, not copied
+
+
+def test_svd_cache_refuses_factors_of_another_weight():
+    cache = {}
+    core.convert(tiny(seed=0), "all", r=16, svd_cache=cache)
+    with pytest.raises(ValueError, match="svd_cache holds factors for model.layers.0.self_attn.q_proj"):
+        core.convert(tiny(seed=1), "all", r=16, svd_cache=cache)
