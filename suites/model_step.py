@@ -7,6 +7,7 @@ FLOPs per component summed over every converted layer plus the rest
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -70,15 +71,54 @@ def _group(case: Case) -> tuple:
     return (case.model, case.tokens, case.dtype, case.device, case.params)
 
 
-def apply(model, provider: str) -> None:
-    """Puts the provider's LoRA on every projection of the model."""
+def apply(model, provider: str, svd_cache: dict | None = None) -> None:
+    """Puts the provider's LoRA on every projection of the model (svd_cache: core.convert's)."""
     if provider in ("peft", "peft-native"):
         import peft
         peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(models.PROJECTIONS)),
                             autocast_adapter_dtype=provider == "peft")
         return
     plan = {"dense": "dense", "celora-paper": "paper", "celora-all": "all"}[provider]
-    core.convert(model, plan, r=RANK, alpha=ALPHA, keep_ratio=ALL_P)
+    core.convert(model, plan, r=RANK, alpha=ALPHA, keep_ratio=ALL_P, svd_cache=svd_cache)
+
+
+@contextlib.contextmanager
+def building_on(device, dtype: torch.dtype):
+    """Tensors created inside land on device, floating-point ones in dtype: a model built here is built
+    where it runs, in the dtype it runs in."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def build(name: str, device, dtype: torch.dtype, path: str | None = None):
+    """The model on the device in dtype. A random-init model is built there, in dtype (built in fp32 on
+    the CPU and then moved, an 8B model would take 32 GB of host memory and a copy per tensor); a
+    checkpoint (a path, or the registry's real weights) is loaded, then moved."""
+    from suites import pretrained
+    if path is not None or name in pretrained.PRETRAINED:
+        return models.build_model(name, dtype=dtype, path=path).to(device)
+    with building_on(device, dtype):
+        model = models.build_model(name)
+    return model.to(dtype)                    # a no-op where the build already gave dtype everywhere
+
+
+# celora-paper and celora-all convert the same seed-0 model one after the other: one SVD per distinct W0
+# for both (at the 1B shapes 112 in all instead of 64 + 112; some are 14336×4096 at the 8B shapes).
+# The cache of the last model built only: providers run one model at a time.
+_SVD: dict = {"key": None, "cache": {}}
+
+
+def svd_cache(case: Case, device) -> dict:
+    """core.convert's svd_cache shared by every case that builds the same model on the same device."""
+    key = (case.model, dict(case.params).get("path"), str(device), case.dtype)
+    if _SVD["key"] != key:
+        _SVD.update(key=key, cache={})
+    return _SVD["cache"]
 
 
 @dataclass(frozen=True)
@@ -128,9 +168,9 @@ def setup(case: Case) -> Target:
     p = dict(case.params)
     shape = models.get(case.model)
     dtype, device = DTYPES[case.dtype], torch.device(distributed.local_device(case.device))
-    model = models.build_model(case.model, path=p.get("path")).to(device=device, dtype=dtype)
+    model = build(case.model, device, dtype, path=p.get("path"))
     model.config.use_cache = False
-    apply(model, case.provider)
+    apply(model, case.provider, svd_cache(case, device))
     if p.get("checkpointing"):            # as the paper trains; CE-LoRA's tau counts optimizer steps, not forwards
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

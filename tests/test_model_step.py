@@ -1,17 +1,30 @@
-"""model-step on the tiny model: counted FLOPs against the analytic model, providers agree, verdict."""
+"""model-step on the tiny model: counted FLOPs against the analytic model, providers agree, verdict;
+one SVD per weight shared by the presets; models built on the device in the dtype."""
 import pytest
+import torch
 
 from celora_bench import results, runner
 from celora_bench.suite import Options, budget_for
+from core import selection
 from core.flops import COMPONENTS
+from suites import model_step, models
 
 BUDGET = budget_for("quick")
+SVD_CALLS: list[int] = []      # r0 of every selection.svd_split call during the module's run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ms") / "ms.json")
-    return runner.run(["model-step"], Options(mode="quick", batch=2, seq=32), path)
+    real = selection.svd_split
+
+    def counted(W0, r0):
+        SVD_CALLS.append(r0)
+        return real(W0, r0)
+    model_step._SVD.update(key=None, cache={})             # no factors from an earlier test's run
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(selection, "svd_split", counted)
+        return runner.run(["model-step"], Options(mode="quick", batch=2, seq=32), path)
 
 
 def _rows(run, provider):
@@ -49,3 +62,24 @@ def test_verdict_has_the_model_level_checks(run):
     assert {"1. model-level G_y·W0 share", "2. step speed-up vs ours dense", "3. step speed-up vs peft LoRA"} <= names
     share = next(c for c in checks if c["metric"] == "FLOP share (counted)")
     assert 0.2 < share["value"] < 0.6
+
+
+def test_celora_presets_share_one_svd_per_weight(run):
+    # celora-paper samples v, o, up, down (4 per layer), celora-all all 7: without sharing 4·4 + 4·7 SVDs
+    assert len([r0 for r0 in SVD_CALLS if r0]) == 4 * 7
+
+
+def test_models_are_built_on_the_device_in_the_dtype(monkeypatch):
+    seen = {}
+    real = models.build_model
+
+    def spy(name, **kw):
+        model = real(name, **kw)
+        p = next(model.parameters())
+        seen.update(device=p.device, dtype=p.dtype)
+        return model
+    monkeypatch.setattr(models, "build_model", spy)
+    model = model_step.build("tiny", torch.device("meta"), torch.bfloat16)
+    assert seen == {"device": torch.device("meta"), "dtype": torch.bfloat16}     # as built, before any move
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32
