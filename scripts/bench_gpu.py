@@ -595,7 +595,7 @@ def run_sections(names: list[str], ctx: Ctx, log: dict, out: str) -> None:
 
 
 def summarize(log: dict) -> int:
-    """The summary into log and printed; the exit status: 1 on any FAIL or section error, else 0."""
+    """The summary into log and printed; the verdict's exit status: 1 on any FAIL or section error, else 0."""
     checks = [c for s in log["sections"].values() for c in s.get("checks", [])]
     fails = [f"{c['section']}: {c['check']}" for c in checks if c["status"] == "FAIL"]
     errors = [n for n, s in log["sections"].items() if s["status"] == "error"]
@@ -673,9 +673,13 @@ def main(argv=None) -> int:
             signal.signal(signal.SIGTERM, previous)
         log["wall_s"] = time.perf_counter() - t0
         status = summarize(log)
+        if code is None:
+            code = status
+        log["summary"]["exit_status"] = code
         _write(args.out, log)
-        print(f"bench_gpu: {log['wall_s']:.1f} s, status {log['status']}; everything in {args.out}", flush=True)
-    return code if code is not None else status
+        print(f"bench_gpu: {log['wall_s']:.1f} s, status {log['status']}, exit {code}; everything in {args.out}",
+              flush=True)
+    return code
 
 
 if __name__ == "__main__":
