@@ -1,8 +1,10 @@
-"""scripts/bench_gpu.py's sections on the CPU (--smoke, in-process)."""
+"""scripts/bench_gpu.py's sections on the CPU (--smoke, in-process) and scripts/gpu_check.sh's plan."""
 import importlib.util
 import json
 import os
+import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 
 
 def _load():
@@ -122,3 +125,65 @@ def test_usage_errors_exit_2(tmp_path, monkeypatch):
     assert bench.main(["--smoke", "--out", str(tmp_path / "x.json"), "--rounds", "0"]) == 2
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert bench.main(["--out", str(tmp_path / "x.json")]) == 2
+
+
+# ---- scripts/gpu_check.sh ------------------------------------------------------------------
+
+def test_gpu_check_is_valid_bash():
+    res = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("how", ["--plan", "PLAN_ONLY=1"])
+def test_gpu_check_plan_fits_six_minutes_and_runs_nothing(tmp_path, how):
+    out = tmp_path / "gpu"
+    args, env = (["--plan", str(out)], {}) if how == "--plan" else ([str(out)], {"PLAN_ONLY": "1"})
+    res = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, **env})
+    assert res.returncode == 0, res.stderr
+    limits = dict(re.findall(r"^  (\S+)\s+(\d+)s ", res.stdout, re.M))
+    assert list(limits) == ["env", "smoke", "layers", "step-1b", "attribution", "convert", "backward-breakdown",
+                            "model-step"]
+    total = int(re.search(r"= (\d+) s \(must be <= 360 s", res.stdout).group(1))
+    assert total == sum(map(int, limits.values())) + 15 and total <= 360
+    assert not out.exists()                                    # the plan writes nothing
+
+
+def test_gpu_check_runs_sections_that_exist():
+    text = SCRIPT.read_text()
+    named = re.findall(r"--section ([\w-]+)", text)
+    assert named and set(named) <= set(bench.SECTIONS)
+
+
+def _stub_bin(tmp_path, fail_on: str = ""):
+    """python3 and nvidia-smi that only echo their arguments; python3 exits 1 when its arguments contain fail_on."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho 'stub GPU'\n")
+    cond = f'case "$*" in *"{fail_on}"*) exit 1;; esac\n' if fail_on else ""
+    (bin_ / "python3").write_text(f'#!/bin/sh\necho "stub python3 $*"\n{cond}exit 0\n')
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"}
+
+
+def test_gpu_check_runs_every_step_in_order_and_logs_it(tmp_path):
+    out = tmp_path / "gpu"
+    res = subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True, timeout=60,
+                         env=_stub_bin(tmp_path))
+    assert res.returncode == 0, res.stdout + res.stderr
+    log = (out / "gpu_check.log").read_text()
+    started = re.findall(r"^=== (\S+) \(", log, re.M)
+    assert started == ["env", "smoke", "layers", "step-1b", "attribution", "convert", "backward-breakdown",
+                       "model-step"]
+    assert "stub GPU" in (out / "env.txt").read_text() and "every step passed" in log
+
+
+def test_gpu_check_goes_on_after_a_failed_step_and_exits_1(tmp_path):
+    out = tmp_path / "gpu"
+    res = subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True, timeout=60,
+                         env=_stub_bin(tmp_path, fail_on="--section layers"))
+    assert res.returncode == 1
+    log = (out / "gpu_check.log").read_text()
+    assert "=== layers: exit 1" in log and "=== model-step: exit 0" in log
+    assert "steps that failed, were cut or skipped: layers (exit 1)" in log
