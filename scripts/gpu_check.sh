@@ -17,7 +17,7 @@
 # <= 360 s) is printed before anything starts. A hard deadline cuts a step's limit to what is left of the
 # 360 s (less one grace period), so a step that used its grace cannot push the whole past it.
 #
-# Files written under OUT_DIR (12):
+# Files written under OUT_DIR (11):
 #   gpu_check.log, env.txt, bench_gpu-{smoke,layers,step-1b,attribution,convert}.json,
 #   backward-breakdown-quick-cuda.{json,html}, model-step-quick-cuda.{json,html}
 # The quick CUDA backward-breakdown run is the GPU gate's baseline: commit it as results/baseline-cuda.json.
