@@ -157,7 +157,7 @@ class _Suite:
         return [Row(case, "fwd", (0.1,))]
 
     @staticmethod
-    def verdict(rows):
+    def verdict(rows, machine=None):
         return []
 
 

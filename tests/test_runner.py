@@ -41,7 +41,7 @@ class _Suite:
         return Target(parts={"judged": part, "other": part})
 
     @staticmethod
-    def verdict(rows):
+    def verdict(rows, machine=None):
         by = {(r.case.id, r.component): r for r in rows}
         keys = tuple(k for k in by if k[1] == "judged" and "/L0/" in k[0])
         n = min(len(by[k].samples) for k in keys) if keys else 0
