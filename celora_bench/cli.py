@@ -654,7 +654,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_fetch_model(args) -> int:
-    from suites import pretrained
+    from celora_bench import pretrained
 
     if args.name not in pretrained.PRETRAINED:
         raise CLIError(f"fetch-model {args.name!r} is unknown; models with real weights: "

@@ -29,9 +29,9 @@ from rich.text import Text
 from celora_bench import registry, report
 from celora_bench.cases import Case, Row
 from celora_bench.flops import CONVENTION
+from celora_bench.models import PROJECTIONS as LAYER_ORDER  # layers in block order, as the plots have them
 from celora_bench.results import Run
 from celora_bench.suite import Check
-from suites.models import PROJECTIONS as LAYER_ORDER  # layers in block order, as the plots have them
 
 STATUS_TEXT = {"PASS": "PASS", "FAIL": "FAIL", "NOISE": "within noise", "INFO": "INFO"}
 STATUS_ORDER = ("PASS", "FAIL", "NOISE", "INFO")

@@ -16,9 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from celora_bench import intervals  # noqa: E402
+from celora_bench.models import layer_order  # noqa: E402  (plot order: as in a block; "q_proj+o_proj" as q)
 from celora_bench.report import by_case, case_label  # noqa: E402
 from celora_bench.results import Run  # noqa: E402
-from suites.models import layer_order  # noqa: E402  (plot order: as in a block; "q_proj+o_proj" as q)
 
 BWD = ("bwd.grad_x_frozen", "bwd.grad_h", "bwd.grad_B", "bwd.grad_A", "bwd.grad_x_lora", "selection.amortized")
 

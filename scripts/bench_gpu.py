@@ -56,12 +56,16 @@ from torch import nn
 sys.path.insert(0, __file__.rsplit("/scripts/", 1)[0])
 
 import core  # noqa: E402
-from celora_bench import flops, rounds, timing  # noqa: E402
+from celora_bench import (  # noqa: E402
+    flops,
+    models,  # noqa: E402
+    rounds,
+    timing,
+)
 from celora_bench.timing import TimeStats, TimingBudget  # noqa: E402
 from core import components as C  # noqa: E402
 from core import gather, selection  # noqa: E402
 from core.convert import PAPER_RATIOS  # noqa: E402
-from suites import models  # noqa: E402
 from suites.model_step import building_on  # noqa: E402
 
 R, ALPHA, R0 = 16, 32.0, 14

@@ -28,9 +28,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import core  # noqa: E402
 import core.fsdp  # noqa: E402
-from celora_bench import distributed  # noqa: E402
+from celora_bench import (
+    distributed,  # noqa: E402
+    models,  # noqa: E402
+)
 from core.config import balanced_rank  # noqa: E402
-from suites import models  # noqa: E402
 
 PROVIDERS = {"lora (dense)": ("dense", False), "celora-paper lean": ("paper", False),
              "celora-all lean": ("all", False), "celora-all cached": ("all", True)}

@@ -11,7 +11,7 @@ sum_{i<=r0} s_i^2 / sum_i s_i^2 = 1 - ||R||_F^2/||W0||_F^2 (R = W0 - B0 A0), whi
 what double-LoRA takes out of the sampled product.
 
 --model smollm2-135m runs it on SmolLM2-135M-Instruct (real weights, Q4_1
-dequantized to fp32; suites/pretrained.py), tokens from its own tokenizer. Its
+dequantized to fp32; celora_bench/pretrained.py), tokens from its own tokenizer. Its
 quick mode is cut for a 2-core CPU: 2 x 64 tokens per step, 3 warm-up steps,
 staleness 0 and 2, blocks 0, 15 and 29 only (LoRA on those), propagation at
 p=0.5 only. Its full mode: 8 x 128 tokens, all 30 blocks (a GPU host's RAM:
@@ -25,13 +25,14 @@ from collections import defaultdict
 import torch
 
 import core
+from celora_bench import models, pretrained
 from celora_bench.cases import Case, Row
+from celora_bench.models import PROJECTIONS
 from celora_bench.suite import Check, Context, Options
 from core import components as C
 from core import selection
 from core.config import balanced_rank
-from suites import pretrained, text_task
-from suites.models import PROJECTIONS
+from suites import text_task
 from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ
 
 NAME = "approx-error"
@@ -51,10 +52,8 @@ def _sizes(mode: str, model: str = "tiny-byte"):
 
 
 def weights_label(case: Case) -> str:
-    """What the weights are, said wherever results are shown."""
-    if case.model in pretrained.PRETRAINED:
-        return pretrained.label(case.model)
-    return f"local checkpoint {case.param('path')}" if case.model == "local" else "tiny-byte (pretrained here)"
+    """What the weights are, in the model registry's wording (celora_bench.models.weights_label)."""
+    return models.weights_label(case.model, case.param("path"))
 
 
 def cases(opts: Options) -> list[Case]:

@@ -11,12 +11,12 @@ import statistics
 from collections import defaultdict
 
 from celora_bench import intervals as I
-from celora_bench import roofline
+from celora_bench import models, roofline
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Check, Options
 from core.config import balanced_rank
 from core.convert import PAPER_RATIOS
-from suites import layer_bench, models
+from suites import layer_bench
 
 NAME = "backward-breakdown"
 DESCRIPTION = "Per-component time/FLOPs/memory of one LoRA layer: dense, peft and CE-LoRA; share and p× verdict"

@@ -34,10 +34,10 @@ from dataclasses import replace
 import torch
 
 import core
-from celora_bench import distributed
+from celora_bench import distributed, models, pretrained
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Check, Context, Options
-from suites import arith_task, pretrained, text_task
+from suites import arith_task, text_task
 from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ
 
 NAME = "convergence"
@@ -91,9 +91,8 @@ def plan(arm: str) -> dict:
 
 
 def weights_label(case: Case) -> str:
-    if case.model in pretrained.PRETRAINED:
-        return pretrained.label(case.model)
-    return f"local checkpoint {case.param('path')}" if case.model == "local" else "tiny-byte (pretrained here)"
+    """What the weights are, in the model registry's wording (celora_bench.models.weights_label)."""
+    return models.weights_label(case.model, case.param("path"))
 
 
 def cases(opts: Options) -> list[Case]:

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 import torch
 
 import core
-from celora_bench import distributed
+from celora_bench import distributed, models
 from celora_bench import intervals as I
 from celora_bench.cases import Case, Row
 from celora_bench.measure import Target
 from celora_bench.suite import Check, Options
 from core.flops import COMPONENTS, layer_flops
-from suites import models
 from suites.layer_bench import DTYPES
 
 NAME = "model-step"
@@ -99,7 +98,7 @@ def build(name: str, device, dtype: torch.dtype, path: str | None = None):
     """The model on the device in dtype. A random-init model is built there, in dtype (built in fp32 on
     the CPU and then moved, an 8B model would take 32 GB of host memory and a copy per tensor); a
     checkpoint (a path, or the registry's real weights) is loaded, then moved."""
-    from suites import pretrained
+    from celora_bench import pretrained
     if path is not None or name in pretrained.PRETRAINED:
         return models.build_model(name, dtype=dtype, path=path).to(device)
     with building_on(device, dtype):

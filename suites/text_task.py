@@ -5,7 +5,7 @@ Python's documentation prose (pydoc_data.topics), split into train and
 held-out eval. Both ship with every Python. Tokens are bytes (vocabulary 256).
 The small model is pretrained once, deterministically, and cached. With
 model="smollm2-135m" the model is SmolLM2-135M-Instruct (real weights, Q4_1
-dequantized to fp32, suites/pretrained.py) and the text is tokenized by its
+dequantized to fp32, celora_bench/pretrained.py) and the text is tokenized by its
 own tokenizer. Users pass
 --model-path (a local transformers checkpoint with its tokenizer) and --data
 (plain text, or JSONL in the LLM-Adapters instruction/input/output format).
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from suites import models, pretrained
+from celora_bench import models, pretrained
+from celora_bench.pretrained import cache_dir
 
 PRETRAIN_STEPS = 300
 PRETRAIN_BATCH, PRETRAIN_SEQ, PRETRAIN_LR = 16, 128, 2e-3
@@ -29,10 +30,6 @@ EVAL_FRACTION = 0.1
 # the LoRA fine-tune both accuracy suites run (approx-error captures it, convergence trains it)
 RANK, ALPHA, LR = 16, 32.0, 1e-3
 BATCH, SEQ = 8, 128
-
-
-def cache_dir() -> str:
-    return os.environ.get("CELORA_BENCH_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "celora_bench"))
 
 
 def stdlib_source(max_bytes: int = 4_000_000) -> bytes:
@@ -144,8 +141,8 @@ class Task:
     train: torch.Tensor
     eval: torch.Tensor
     source: str
-    model_name: str = "tiny-byte"      # a registry model with real weights (suites/pretrained.py) is kept loaded
-    label: str = "tiny-byte (pretrained here on the stdlib source)"
+    model_name: str = "tiny-byte"      # a registry model with real weights (celora_bench/pretrained.py) is kept loaded
+    label: str = models.weights_label("tiny-byte")
 
     def model(self, dtype=torch.float32):
         from transformers.utils import logging as hf_logging
@@ -181,7 +178,7 @@ def task(model_path: str | None = None, data: str | None = None, model: str | No
     key = (model_path, data, model)
     if key in _TASKS:
         return _TASKS[key]
-    name, label = "tiny-byte", "tiny-byte (pretrained here on the stdlib source)"
+    name, label = "tiny-byte", models.weights_label("tiny-byte")
     if model_path is None and model in pretrained.PRETRAINED:
         path, tokens = pretrained.fetch(model), Tokens(pretrained.tokenizer(model))
         name, label = model, pretrained.label(model)
@@ -193,7 +190,7 @@ def task(model_path: str | None = None, data: str | None = None, model: str | No
             tok = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         except (OSError, ValueError) as e:
             raise ValueError(f"--model-path {model_path!r}: no tokenizer there ({type(e).__name__})") from None
-        path, tokens, label = model_path, Tokens(tok), f"local checkpoint {model_path}"
+        path, tokens, label = model_path, Tokens(tok), models.weights_label("local", model_path)
     text = read_user_data(data) if data else pydoc_prose()
     ids = tokens(text)
     cut = int(len(ids) * (1 - EVAL_FRACTION))

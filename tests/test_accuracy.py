@@ -167,7 +167,7 @@ def test_verdict_is_a_paired_interval_over_seeds():
 
 def test_layer_plan_converts_only_the_named_blocks():
     import core
-    from suites import models
+    from celora_bench import models
     model = models.build_model("tiny", seed=0)
     core.convert(model, text_task.on_layers(core.preset("dense"), "1,3"))
     got = sorted({int(n.split(".")[2]) for n, m in model.named_modules() if isinstance(m, core.CELoRALinear)})

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import core
-from suites import models
+from celora_bench import models
 
 
 def tiny(layers=2, seed=0):
@@ -139,3 +139,10 @@ def test_svd_cache_refuses_factors_of_another_weight():
     core.convert(tiny(seed=0), "all", r=16, svd_cache=cache)
     with pytest.raises(ValueError, match="svd_cache holds factors for model.layers.0.self_attn.q_proj"):
         core.convert(tiny(seed=1), "all", r=16, svd_cache=cache)
+
+
+def test_the_harness_and_core_agree_on_the_projection_order():
+    """The harness's model registry owns the order tables and plots use; core.convert keeps its own copy."""
+    from core.convert import PROJECTIONS as CORE
+    assert models.PROJECTIONS == CORE
+    assert tuple(models.get("llama-3.2-1b").layer_shapes()) == CORE

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from celora_bench import cli, flops, suite, timing
+from celora_bench import cli, flops, models, suite, timing
 from celora_bench.suite import Options
-from suites import backward_breakdown, model_step, models
+from suites import backward_breakdown, model_step
 
 
 def test_device_auto_and_dtype_defaults(monkeypatch):

@@ -21,8 +21,7 @@ import torch.multiprocessing as mp
 
 import core
 import core.fsdp
-from celora_bench import distributed, results
-from suites import models
+from celora_bench import distributed, models, results
 
 WORLD, ROWS, SEQ = 2, 4, 16
 STEPS, TAU = 5, 2

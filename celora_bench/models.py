@@ -1,9 +1,13 @@
-"""Named model shapes (real published configs), as gpt-fast's transformer_configs."""
+"""The harness's model registry: named shapes (real published configs, as gpt-fast's transformer_configs),
+the projection order, and how a model is built (random init from a shape, the local cache of a model with
+real weights, celora_bench/pretrained.py, or a local checkpoint). Suites import it; it imports no suite."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.convert import PROJECTIONS  # the seven LoRA targets, one list for all
+# The seven LoRA targets of a LLaMA-family decoder block, in block order: the one order every table and plot
+# uses. core.convert keeps its own copy (core imports nothing from the harness); a test holds them equal.
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,17 @@ def layer_order(layer: str) -> int:
     return PROJECTIONS.index(first) if first in PROJECTIONS else len(PROJECTIONS)
 
 
+def weights_label(model: str, path: str | None = None) -> str:
+    """What a model's weights are, one wording wherever results are shown: a registry model with real
+    weights, a local checkpoint, or the tiny byte-level model the accuracy suites pretrain here."""
+    from celora_bench import pretrained
+    if model in pretrained.PRETRAINED:
+        return pretrained.label(model)
+    if model == "local" or path is not None:
+        return f"local checkpoint {path}"
+    return f"{model} (pretrained here on the stdlib source)"
+
+
 MODELS = {m.name: m for m in [
     ModelShape("tiny", "llama", 256, 688, 4, 4, 64, 4, 512),
     ModelShape("tiny-byte", "llama", 256, 688, 4, 2, 64, 4, 256),     # the accuracy suites' byte-level model
@@ -51,7 +66,7 @@ MODELS = {m.name: m for m in [
     ModelShape("llama-3.1-8b", "llama", 4096, 14336, 32, 8, 128, 32, 128256),
     ModelShape("qwen2.5-0.5b", "qwen2", 896, 4864, 14, 2, 64, 24, 151936),
     ModelShape("qwen2.5-7b", "qwen2", 3584, 18944, 28, 4, 128, 28, 152064),
-    ModelShape("smollm2-135m", "llama", 576, 1536, 9, 3, 64, 30, 49152),   # real weights: suites/pretrained.py
+    ModelShape("smollm2-135m", "llama", 576, 1536, 9, 3, 64, 30, 49152),   # real weights: celora_bench/pretrained.py
 ]}
 
 
@@ -77,12 +92,12 @@ def hf_config(shape: ModelShape, attn: str = "sdpa"):
 def build_model(name: str, dtype=None, attn: str = "sdpa", seed: int = 0, path: str | None = None):
     """A causal LM: random init from the named shapes, or loaded from a local checkpoint folder.
 
-    A model with real weights in the registry (suites/pretrained.py, e.g. smollm2-135m) is loaded from
+    A model with real weights in the registry (celora_bench/pretrained.py, e.g. smollm2-135m) is loaded from
     the cache, fetched on first use."""
     import torch
     import transformers
 
-    from suites import pretrained
+    from celora_bench import pretrained
     if path is None and name in pretrained.PRETRAINED:
         return pretrained.load(name, dtype=dtype, attn=attn)
     if path is not None:
