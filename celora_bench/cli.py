@@ -341,9 +341,9 @@ def cmd_run(args) -> int:
     from celora_bench import distributed
     if distributed.world_size_from_env() > 1:       # under torchrun: rank 0 prints and writes
         for name in args.suites:
-            if not getattr(registry.get(name), "DISTRIBUTED", False):
+            if not registry.get(name).DISTRIBUTED:
                 raise CLIError(f"suite {name!r} does not run under torchrun; distributed suites: "
-                               + ", ".join(n for n in registry.SUITES if getattr(registry.get(n), "DISTRIBUTED", 0)))
+                               + ", ".join(n for n in registry.SUITES if registry.get(n).DISTRIBUTED))
         distributed.init(device)
         if args.out is None:
             out = distributed.gather(out)[0]          # one file name for every rank
@@ -403,7 +403,7 @@ def _stopped(e: KeyboardInterrupt, out: str, console, detail: bool) -> int:
 def _check_fsdp(suites) -> None:
     """--fsdp: only under torchrun, only for suites that shard (FSDP = True)."""
     from celora_bench import distributed, registry
-    sharded = [n for n in registry.SUITES if getattr(registry.get(n), "FSDP", False)]
+    sharded = [n for n in registry.SUITES if registry.get(n).FSDP]
     for name in suites:
         if name not in sharded:
             raise CLIError(f"--fsdp: suite {name!r} does not shard; allowed: {', '.join(sharded)}")

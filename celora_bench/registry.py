@@ -1,7 +1,11 @@
-"""The suites, by name. Adding a suite: one module in suites/ and one line here."""
+"""The suites, by name: the harness's only route into suites/. Adding a suite: one module (or package)
+in suites/ that provides celora_bench.suite.Suite, and one line here."""
 from __future__ import annotations
 
 import importlib
+from functools import cache
+
+from celora_bench.suite import Loaded
 
 SUITES = {
     "backward-breakdown": "suites.backward_breakdown",
@@ -9,13 +13,52 @@ SUITES = {
     "approx-error": "suites.approx_error",
     "convergence": "suites.convergence",
 }
+DEFAULT_JUDGED = ("fwd+bwd", "bwd.grad_x_frozen")
 
 
 class UnknownSuite(ValueError):
     """A suite name that is not registered."""
 
 
-def get(name: str):
+class BadSuite(TypeError):
+    """A registered module that does not provide the suite interface (celora_bench.suite.Suite)."""
+
+
+def names() -> list[str]:
+    return list(SUITES)
+
+
+@cache
+def get(name: str) -> Loaded:
     if name not in SUITES:
         raise UnknownSuite(f"unknown suite {name!r}; known suites: {', '.join(SUITES)}")
-    return importlib.import_module(SUITES[name])
+    return load(importlib.import_module(SUITES[name]))
+
+
+def load(mod) -> Loaded:
+    """The module as a Loaded suite: required members checked, optional ones defaulted (celora_bench.suite)."""
+    missing = [m for m in ("NAME", "DESCRIPTION", "cases", "verdict") if not hasattr(mod, m)]
+    setup, run_case = getattr(mod, "setup", None), getattr(mod, "run_case", None)
+    if missing or (setup is None) == (run_case is None):
+        what = ", ".join(missing) if missing else "exactly one of setup and run_case"
+        raise BadSuite(f"suite module {mod.__name__} lacks {what} (see celora_bench/suite.py)")
+    return Loaded(
+        NAME=mod.NAME, DESCRIPTION=mod.DESCRIPTION, QUESTION=getattr(mod, "QUESTION", mod.DESCRIPTION),
+        DISTRIBUTED=getattr(mod, "DISTRIBUTED", False), FSDP=getattr(mod, "FSDP", False),
+        JUDGED=tuple(getattr(mod, "JUDGED", DEFAULT_JUDGED)), HEADLINE=tuple(getattr(mod, "HEADLINE", ())),
+        PLOT_CAPTIONS=dict(getattr(mod, "PLOT_CAPTIONS", {})),
+        cases=mod.cases, verdict=mod.verdict, setup=setup, run_case=run_case,
+        group_key=getattr(mod, "group_key", _own_group), tables=getattr(mod, "tables", _no_tables),
+        plots=getattr(mod, "plots", _no_plots))
+
+
+def _own_group(case):
+    return case.id
+
+
+def _no_tables(rows) -> list:
+    return []
+
+
+def _no_plots(rows, out_dir: str) -> list[str]:
+    return []

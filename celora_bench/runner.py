@@ -36,7 +36,6 @@ from celora_bench.suite import Context, Options, budget_for
 from celora_bench.timing import TimingBudget
 
 CHUNK_RSS_FRACTION = 0.4      # set up groups until the process holds this share of the machine's memory
-JUDGED = ("fwd+bwd", "bwd.grad_x_frozen")     # a suite without its own JUDGED: what verdicts usually read
 
 
 class Stopped(KeyboardInterrupt):
@@ -91,7 +90,7 @@ def run(suite_names: list[str], opts: Options, out: str, *, filt=None,
     budget = budget or budget_for(opts.mode)
     if distributed.world_size_from_env() > 1:
         for name in suite_names:
-            if not getattr(registry.get(name), "DISTRIBUTED", False):
+            if not registry.get(name).DISTRIBUTED:
                 raise ValueError(f"suite {name!r} does not run under torchrun; run it as one process")
         distributed.init(opts.device)
         budget = replace(budget, fixed=5 if opts.mode == "quick" else 10)
@@ -168,7 +167,7 @@ class _State:
         if self.chunk and (suite is not self.suite or self._full()):
             self.flush()
         self.suite = suite
-        if not hasattr(suite, "setup"):
+        if not suite.timed:
             self._run_cases(suite, cases)
             return
         items = []
@@ -242,7 +241,7 @@ class _State:
         seed = self.seed + len(self.run_.rows)          # another random order for every chunk
         self.sampler = sampler = Sampler(slots, self.ctx.options.device, b, self.ctx.threads, seed)
         sampler.warm_up()
-        judged_names = getattr(suite, "JUDGED", JUDGED)
+        judged_names = suite.JUDGED
         judged = {s.key for s in slots if s.name in judged_names}
         base = b.fixed or b.rounds
         for r in range(base):
@@ -292,7 +291,7 @@ def groups(pending: list[tuple[object, Case]]) -> list[tuple[object, list[Case]]
     """Consecutive runs of cases that a suite measures together (its group_key), in plan order."""
     out: dict[tuple, tuple[object, list[Case]]] = {}
     for suite, case in pending:
-        key = (suite.NAME, suite.group_key(case) if hasattr(suite, "group_key") else case.id)
+        key = (suite.NAME, suite.group_key(case))
         out.setdefault(key, (suite, []))[1].append(case)
     return list(out.values())
 

@@ -1,17 +1,15 @@
-"""What a suite module provides, and the options every suite receives.
+"""The suite interface, and the options every suite receives.
 
-A suite is one module in suites/ with:
-    NAME, DESCRIPTION
-    cases(opts: Options) -> list[Case]         its sweep, declared once
-    setup(case) -> measure.Target              what the engine times, counts and weighs
-      or run_case(case, ctx: Context) -> rows  for suites that measure something else
-    verdict(rows, machine) -> list[Check]      the rules the suite exists for (machine: the run's machine record)
-and optionally group_key(case): cases with the same key are timed interleaved, and JUDGED:
-the components its verdict reads (they get more rounds than the rest, celora_bench.runner).
+A suite is a module (or package) in suites/ that the registry (celora_bench/registry.py) names. What
+it provides is written down once, as the Protocol `Suite` below; the registry checks a module against
+it when it loads one and fills the optional members with their defaults, so the harness reads plain
+attributes and never probes a module or imports a suite by name.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 from celora_bench.timing import TimingBudget
 
@@ -105,3 +103,52 @@ def budget_for(mode: str) -> TimingBudget:
         return TimingBudget(all_rounds=2, rounds=6, stages=(12, 18, 24, 32, 40), max_run_s=160.0, block_s=0.03,
                             cuda_warmup=3, cuda_reps=5)
     return TimingBudget(all_rounds=4, rounds=10, stages=(20, 30), block_s=0.05, cuda_warmup=5, cuda_reps=10)
+
+
+class Suite(Protocol):
+    """What a suite module provides. Required: NAME, DESCRIPTION, cases, verdict and one of setup or
+    run_case. Everything else is optional; the registry supplies the default written beside it."""
+
+    NAME: str
+    DESCRIPTION: str                      # one line, in `celora-bench list`
+    QUESTION: str                         # the question it answers, atop its report section (default: DESCRIPTION)
+    DISTRIBUTED: bool                     # runs under torchrun, DDP (default False)
+    FSDP: bool                            # or sharded by FSDP2 with --fsdp (default False)
+    JUDGED: tuple[str, ...]               # components its verdict reads: they get the extra rounds
+    HEADLINE: tuple[str, ...]             # check-name prefixes that answer the question in one look (default ())
+    PLOT_CAPTIONS: dict[str, str]         # plot file-name prefix -> what the plot shows (default {})
+
+    def cases(self, opts: Options) -> list: ...                          # its sweep, declared once
+    def verdict(self, rows: list, machine: dict | None = None) -> list[Check]: ...
+    # one of the two: the engine times, counts and weighs a Target, or the suite measures on its own
+    def setup(self, case) -> Any: ...                                    # -> celora_bench.measure.Target
+    def run_case(self, case, ctx: Context) -> list: ...                  # -> rows
+    def group_key(self, case) -> Any: ...                                # same key: timed interleaved (default: case.id)
+    def tables(self, rows: list) -> Sequence[Any]: ...                   # its own tables, celora_bench.view.Table
+    def plots(self, rows: list, out_dir: str) -> list[str]: ...          # its own figures: PNG paths
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A suite as the harness uses it: every member of `Suite` present (defaults filled by the registry)."""
+
+    NAME: str
+    DESCRIPTION: str
+    QUESTION: str
+    DISTRIBUTED: bool
+    FSDP: bool
+    JUDGED: tuple[str, ...]
+    HEADLINE: tuple[str, ...]
+    PLOT_CAPTIONS: dict
+    cases: Callable
+    verdict: Callable
+    setup: Callable | None
+    run_case: Callable | None
+    group_key: Callable
+    tables: Callable
+    plots: Callable
+
+    @property
+    def timed(self) -> bool:
+        """The engine times it (setup), rather than the suite measuring itself (run_case)."""
+        return self.setup is not None

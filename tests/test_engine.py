@@ -140,7 +140,7 @@ def test_load_missing_file(tmp_path):
 class _Suite:
     """A stand-in suite whose third case is interrupted."""
 
-    NAME = "fake"
+    NAME, DESCRIPTION = "fake", "a stand-in"
     calls = []
 
     @staticmethod
@@ -163,7 +163,7 @@ class _Suite:
 
 def test_interrupt_keeps_rows_and_resume_skips_them(tmp_path, monkeypatch):
     from celora_bench import registry
-    monkeypatch.setattr(registry, "get", lambda name: _Suite)
+    monkeypatch.setattr(registry, "get", lambda name: registry.load(_Suite))
     monkeypatch.setattr(runner, "warm_up", lambda device: None)
     monkeypatch.setattr(runner, "calibrate", lambda ctx: {})
     path = str(tmp_path / "r.json")
@@ -177,3 +177,19 @@ def test_interrupt_keeps_rows_and_resume_skips_them(tmp_path, monkeypatch):
     assert _Suite.calls == [3, 4]                       # cases 1 and 2 were not measured again
     assert len(done.rows) == 3 and done.errors[0]["error"] == "RuntimeError: out of memory"
     assert done.status == "complete-with-errors"
+
+
+def test_the_registry_checks_the_suite_interface_and_fills_its_defaults():
+    from celora_bench import registry
+
+    for name in registry.names():                      # every registered suite provides the interface
+        s = registry.get(name)
+        assert s.NAME == name and s.QUESTION and s.JUDGED and callable(s.tables) and callable(s.plots)
+    s = registry.load(_Suite)
+    assert not s.timed and s.group_key(_Suite.cases(None)[0]) == _Suite.cases(None)[0].id and s.plots([], ".") == []
+
+    class NoMeasure:
+        NAME, DESCRIPTION = "x", "y"
+        cases = verdict = staticmethod(lambda *a: [])
+    with pytest.raises(registry.BadSuite, match="exactly one of setup and run_case"):
+        registry.load(NoMeasure)

@@ -17,7 +17,7 @@ class _Suite:
     """Two groups of two providers; the verdict is undecided on group 0's "judged" series until they have
     `need` rounds; `stop_at` sends this process SIGTERM in that call of group 1's part."""
 
-    NAME = "fake"
+    NAME, DESCRIPTION = "fake", "a stand-in"
     JUDGED = ("judged",)
     need = 6
     stop_at = None
@@ -50,7 +50,7 @@ class _Suite:
 
 @pytest.fixture
 def fake(monkeypatch):
-    monkeypatch.setattr(registry, "get", lambda name: _Suite)
+    monkeypatch.setattr(registry, "get", lambda name: registry.load(_Suite))
     monkeypatch.setattr(runner, "warm_up", lambda device: None)
     monkeypatch.setattr(runner, "calibrate", lambda ctx: {})
     _Suite.need, _Suite.stop_at, _Suite.calls = 6, None, 0
