@@ -123,7 +123,7 @@ class Suite(Protocol):
     # one of the two: the engine times, counts and weighs a Target, or the suite measures on its own
     def setup(self, case) -> Any: ...                                    # -> celora_bench.measure.Target
     def run_case(self, case, ctx: Context) -> list: ...                  # -> rows
-    def group_key(self, case) -> Any: ...                                # same key: timed interleaved (default: case.id)
+    def group_key(self, case) -> Any: ...                                # same key: timed together (default: case.id)
     def tables(self, rows: list) -> Sequence[Any]: ...                   # its own tables, celora_bench.view.Table
     def plots(self, rows: list, out_dir: str) -> list[str]: ...          # its own figures: PNG paths
 
