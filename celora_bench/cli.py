@@ -288,7 +288,7 @@ def cmd_list(args) -> int:
         t.add_row(name, mod.DESCRIPTION, str(len(mod.cases(Options(mode="quick")))),
                   str(len(mod.cases(Options(mode="full")))))
     _console().print(t)
-    from suites import models
+    from celora_bench import models
     _console().print("models: " + ", ".join(models.MODELS))
     return 0
 
@@ -303,7 +303,9 @@ def cmd_run(args) -> int:
         TimeRemainingColumn,
     )
 
-    from celora_bench import registry, report, runner
+    from celora_bench import registry, runner
+    from celora_bench.render import terminal as report
+    from celora_bench.render.tables import case_label
     from celora_bench.results import ResultsError
     from celora_bench.suite import Options
 
@@ -324,7 +326,7 @@ def cmd_run(args) -> int:
     if args.resume and not args.out:
         raise CLIError("--resume needs --out PATH, the run to continue")
     if args.model is not None:
-        from suites import models
+        from celora_bench import models
         if args.model not in models.MODELS:
             raise CLIError(f"--model {args.model!r} is unknown; known: {', '.join(models.MODELS)}")
     if args.fsdp:
@@ -360,7 +362,7 @@ def cmd_run(args) -> int:
             raise CLIError(f"no case matches -k {' -k '.join(args.filter)}" if args.filter else "no cases to run")
 
     def on_case(case, seconds):
-        progress.update(task, advance=1, description=f"{case.layer} {report.case_label(case)}"[:48])
+        progress.update(task, advance=1, description=f"{case.layer} {case_label(case)}"[:48])
 
     try:
         with progress:
@@ -384,7 +386,8 @@ def _stopped(e: KeyboardInterrupt, out: str, console, detail: bool) -> int:
     exit 130 (Ctrl-C) or 143 (SIGTERM), as a shell reports a process stopped by that signal."""
     import signal
 
-    from celora_bench import report, results
+    from celora_bench import results
+    from celora_bench.render import terminal as report
 
     signum = getattr(e, "signum", signal.SIGINT)
     if os.path.exists(out):
@@ -414,14 +417,14 @@ def _check_fsdp(suites) -> None:
 
 
 def cmd_show(args) -> int:
-    from celora_bench import report
+    from celora_bench.render import terminal as report
 
     report.render(_load(args.run), _console(), detail=args.detail)
     return 0
 
 
 def cmd_export(args) -> int:
-    from celora_bench import export
+    from celora_bench.render import export
 
     text = export.export(_load(args.run), args.format, args.table)
     if args.out:
@@ -433,7 +436,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from celora_bench import plot
+    from celora_bench.render import figures as plot
 
     run = _load(args.run)
     out = args.out or os.path.splitext(args.run)[0] + "-plots"
@@ -448,7 +451,7 @@ def cmd_plot(args) -> int:
 
 def _report_next_to(run, out: str, console) -> None:
     """The run's HTML report beside its results file; a report that fails never costs the results."""
-    from celora_bench import html_report
+    from celora_bench.render import page as html_report
 
     page = os.path.splitext(out)[0] + ".html"
     try:
@@ -458,7 +461,7 @@ def _report_next_to(run, out: str, console) -> None:
 
 
 def cmd_report(args) -> int:
-    from celora_bench import html_report
+    from celora_bench.render import page as html_report
 
     if args.out is None and len(args.runs) > 1:
         raise CLIError("several runs need --out FILE.html, the page to write")
@@ -484,8 +487,8 @@ def _rules(specs):
 
 def _judge(base, cand, rules, show_all: bool, strict_cases: bool, recheck=None) -> int:
     """Compares, prints the table and the verdict; recheck(findings) may clear timed ones first."""
-    from celora_bench import report
     from celora_bench.compare import compare
+    from celora_bench.render import terminal as report
 
     findings, cases = compare(base, cand, rules)
     console = _console()

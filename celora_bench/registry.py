@@ -45,11 +45,11 @@ def load(mod) -> Loaded:
     return Loaded(
         NAME=mod.NAME, DESCRIPTION=mod.DESCRIPTION, QUESTION=getattr(mod, "QUESTION", mod.DESCRIPTION),
         DISTRIBUTED=getattr(mod, "DISTRIBUTED", False), FSDP=getattr(mod, "FSDP", False),
-        JUDGED=tuple(getattr(mod, "JUDGED", DEFAULT_JUDGED)), HEADLINE=tuple(getattr(mod, "HEADLINE", ())),
+        JUDGED=tuple(getattr(mod, "JUDGED", DEFAULT_JUDGED)),
         PLOT_CAPTIONS=dict(getattr(mod, "PLOT_CAPTIONS", {})),
         cases=mod.cases, verdict=mod.verdict, setup=setup, run_case=run_case,
         group_key=getattr(mod, "group_key", _own_group), tables=getattr(mod, "tables", _no_tables),
-        plots=getattr(mod, "plots", _no_plots))
+        plots=getattr(mod, "plots", _no_plots), headline=getattr(mod, "headline", _no_headline))
 
 
 def _own_group(case):
@@ -61,4 +61,8 @@ def _no_tables(rows) -> list:
 
 
 def _no_plots(rows, out_dir: str) -> list[str]:
+    return []
+
+
+def _no_headline(checks) -> list:
     return []

@@ -115,7 +115,6 @@ class Suite(Protocol):
     DISTRIBUTED: bool                     # runs under torchrun, DDP (default False)
     FSDP: bool                            # or sharded by FSDP2 with --fsdp (default False)
     JUDGED: tuple[str, ...]               # components its verdict reads: they get the extra rounds
-    HEADLINE: tuple[str, ...]             # check-name prefixes that answer the question in one look (default ())
     PLOT_CAPTIONS: dict[str, str]         # plot file-name prefix -> what the plot shows (default {})
 
     def cases(self, opts: Options) -> list: ...                          # its sweep, declared once
@@ -126,6 +125,7 @@ class Suite(Protocol):
     def group_key(self, case) -> Any: ...                                # same key: timed together (default: case.id)
     def tables(self, rows: list) -> Sequence[Any]: ...                   # its own tables, celora_bench.view.Table
     def plots(self, rows: list, out_dir: str) -> list[str]: ...          # its own figures: PNG paths
+    def headline(self, checks: list[Check]) -> list[Check]: ...          # the rows that answer QUESTION at a look
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,6 @@ class Loaded:
     DISTRIBUTED: bool
     FSDP: bool
     JUDGED: tuple[str, ...]
-    HEADLINE: tuple[str, ...]
     PLOT_CAPTIONS: dict
     cases: Callable
     verdict: Callable
@@ -147,6 +146,7 @@ class Loaded:
     group_key: Callable
     tables: Callable
     plots: Callable
+    headline: Callable
 
     @property
     def timed(self) -> bool:

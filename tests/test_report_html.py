@@ -11,9 +11,12 @@ import os
 from html.parser import HTMLParser
 
 import pytest
-from rich.table import Table
-
-from celora_bench import cli, export, html_report, report, results
+from celora_bench import cli, results
+from celora_bench.render import export
+from celora_bench.render import html as H
+from celora_bench.render import page as P
+from celora_bench.render import tables as T
+from celora_bench.render import view as V
 from celora_bench.suite import Check
 
 README = os.path.join(os.path.dirname(__file__), "..", "results", "readme")
@@ -85,7 +88,7 @@ def bb_quick():
 
 @pytest.fixture(scope="module")
 def bb_page(bb_quick):
-    return html_report.render([bb_quick])
+    return P.render([bb_quick])
 
 
 def one_layer(src: results.Run, layer: str = "q_proj+o_proj", **changes) -> results.Run:
@@ -105,12 +108,12 @@ def self_contained(page: Page, text: str) -> None:
 @pytest.mark.parametrize("name", sorted(COMMITTED))
 def test_each_suite_page_parses_holds_every_verdict_row_and_plot(name, request):
     run = committed(name)
-    text = request.getfixturevalue("bb_page") if name.startswith("agreement") else html_report.render([run])
+    text = request.getfixturevalue("bb_page") if name.startswith("agreement") else P.render([run])
     page = Page(text)
     assert text.startswith("<!DOCTYPE html>") and "<title>" in text and '<meta charset="utf-8">' in text
     self_contained(page, text)
     suite = run.run["suites"][0]
-    checks = report.checks_of(run, suite)
+    checks = V.checks_of(run, suite)
     assert checks, "the committed runs have a verdict"
     shown = {tuple(r[:3]) for r in page.rows if r and len(r) >= 3}
     for c in checks:
@@ -129,14 +132,14 @@ def test_page_shows_the_numbers_show_prints(bb_quick, bb_page, capsys):
     assert cli.main(["show", path, "--detail"]) == 0
     shown = " ".join(capsys.readouterr().out.split())
     page = Page(bb_page).plain
-    cases = report.by_case(bb_quick.rows)
+    cases = T.by_case(bb_quick.rows)
     dense = next(c for c in cases if c.provider == "dense" and c.layer == "q_proj+o_proj")
     celora = next(c for c in cases if c.provider == "celora" and c.layer == "down_proj" and c.keep_ratio == 0.25)
     # independent formatting: ms with 2 decimals (summary), 3 decimals (detail), GFLOP with 3, verdict 4 digits
     values = [f"{cases[dense]['fwd+bwd'].time.median * 1e3:.2f}",
               f"{cases[celora]['bwd.grad_x_frozen'].time.median * 1e3:.3f}",
               f"{cases[dense]['bwd.grad_x_frozen'].flops_analytic / 1e9:.3f}"]
-    checks = report.checks_of(bb_quick, "backward-breakdown")
+    checks = V.checks_of(bb_quick, "backward-breakdown")
     values += [f"{c.value:.4g}" for c in checks[:3] + checks[-3:] if c.value is not None]
     for v in values:
         assert v in shown, f"{v} not in show's output"
@@ -150,7 +153,7 @@ def test_strings_from_the_results_file_are_escaped(bb_quick):
                     commit_info={"id": evil, "dirty": True}, errors=[{"case_id": evil, "error": evil}],
                     run={**bb_quick.run, "argv": ["run", evil]})
     run = dataclasses.replace(run, rows=rows)
-    text = html_report.render([run])
+    text = P.render([run])
     page = Page(text)
     self_contained(page, text)
     assert "script" not in page.tags and all(s.startswith("data:") for s in page.imgs)
@@ -161,13 +164,13 @@ def test_several_runs_side_by_side(bb_quick):
     cpu = one_layer(bb_quick, path="cpu/run.json")
     other = one_layer(bb_quick, layer="k_proj", path="gpu/run.json",
                       run={**bb_quick.run, "options": {**bb_quick.run["options"], "device": "cuda"}})
-    text = html_report.render([cpu, other])
+    text = P.render([cpu, other])
     page = Page(text)
     self_contained(page, text)
     assert "runs side by side" in page.plain and "#1 run.json" in page.plain and "#2 run.json" in page.plain
     assert {"run-1", "run-2"} <= page.ids
     for run in (cpu, other):
-        for c in report.checks_of(run, "backward-breakdown"):
+        for c in V.checks_of(run, "backward-breakdown"):
             assert c.scope in page.plain
 
 
@@ -176,17 +179,17 @@ def test_verdict_rows_show_intervals_within_noise_and_kind():
               Check("t", "b scope", "FLOP ratio", 0.25, "= 0.25", "PASS", kind="exact"),
               Check("t", "c scope", "order", None, "reported", "INFO", "x < y", kind="info"),
               Check("t", "d scope", "speed-up", 1.2, ">= 1.3", "FAIL", lo=1.1, hi=1.25)]
-    page = Page(html_report.verdict_html(checks))
+    page = Page(H.verdict_html(checks))
     rows = {r[1]: r for r in page.rows if r and r[0] == "t"}
     assert rows["a scope"][3] == "0.5123 [0.49–0.53]" and rows["a scope"][5] == "within noise"
     assert rows["b scope"][3] == "0.25" and rows["b scope"][6] == "exact"
     assert rows["c scope"][3] == "—" and rows["d scope"][5] == "FAIL"
     assert "NOISE" not in page.plain
-    n = html_report.counts(checks)
+    n = H.counts(checks)
     assert (n["PASS"], n["FAIL"], n["NOISE"], n["INFO"], n["measured"], n["total"]) == (1, 1, 1, 1, 2, 4)
-    summary = Page(html_report.counts_html(checks)).plain
+    summary = Page(H.counts_html(checks)).plain
     assert "2 timed: 0 pass, 1 fail, 1 within noise; 1 exact (all pass); 1 info" in summary
-    answer = Page(html_report.answer_html(checks))
+    answer = Page(H.answer_html(checks))
     assert [r[1] for r in answer.rows if r[0] == "t" and len(r) == 9] == ["d scope", "a scope"]   # FAIL first
     assert "within noise: the interval straddles the line (1)" in answer.plain
     assert [r[1] for r in answer.rows if r[0] == "t" and len(r) == 7] == ["time ratio", "FLOP ratio", "order",
@@ -197,9 +200,9 @@ def test_launch_bound_rows_are_marked(bb_quick):
     run = one_layer(bb_quick)
     rows = [dataclasses.replace(r, extra={**r.extra, "launch_bound": True, "kernel_s": 1.5e-6})
             if r.component == "bwd.grad_h" and r.case.provider == "dense" else r for r in run.rows]
-    page = Page(html_report.render([dataclasses.replace(run, rows=rows)])).plain
-    assert f"{html_report.LAUNCH_MARK} 1 of {len(rows)} rows" in page
-    assert page.count(html_report.LAUNCH_MARK) == 3        # the note, the caption, the one cell
+    page = Page(P.render([dataclasses.replace(run, rows=rows)])).plain
+    assert f"{T.LAUNCH_MARK} 1 of {len(rows)} rows" in page
+    assert page.count(T.LAUNCH_MARK) == 3        # the note, the caption, the one cell
     assert "kernel 0.002 ms" in page
 
 
@@ -207,19 +210,26 @@ def test_an_unknown_suite_gets_the_generic_section(bb_quick):
     run = one_layer(bb_quick)
     rows = [dataclasses.replace(r, case=dataclasses.replace(r.case, suite="my-suite")) for r in run.rows]
     run = dataclasses.replace(run, rows=rows, run={**run.run, "suites": ["my-suite"]})
-    page = Page(html_report.render([run]))
+    page = Page(P.render([run]))
     assert "my-suite" in page.plain and "not registered" in page.plain and "my-suite: per case" in page.plain
 
 
-def test_rich_tables_convert_cell_by_cell():
-    t = Table(title="[bold]T[/] title", caption="units & such")
+def test_view_tables_format_cell_by_cell_in_every_back_end():
+    from rich.console import Console
+
+    from celora_bench.render import terminal
+    t = T.Table(title="T title", caption="units & such")
     t.add_column("name")
     t.add_column("value", justify="right")
-    t.add_row("[red]FAIL[/]", "[0.40, 0.55]")
-    t.add_row("<x>", "1.5")
-    page = Page(html_report.rich_table(t))
-    assert page.rows == [["name", "value"], ["FAIL", "[0.40, 0.55]"], ["<x>", "1.5"]]
-    assert "T title" in page.plain and "units & such" in page.plain
+    t.add_row("FAIL", "[0.40, 0.55]")
+    t.add_row("<x>", "1.5\nkernel 2 ms")
+    page = Page(H.table_html(t))
+    assert page.rows == [["name", "value"], ["FAIL", "[0.40, 0.55]"], ["<x>", "1.5kernel 2 ms"]]
+    assert "T title" in page.plain and "units & such" in page.plain and "<br>" in H.table_html(t)
+    console = Console(width=200, record=True)
+    console.print(terminal.rich(t))
+    text = console.export_text()
+    assert "[0.40, 0.55]" in text and "kernel 2 ms" in text and "units & such" in text   # no markup eaten
 
 
 def test_export_html_is_a_complete_titled_page(bb_quick):

@@ -138,7 +138,7 @@ def test_k_rule_is_written_apart_from_core():
 
 
 def test_every_case_gets_one_exact_check_and_counts_keep_them_apart():
-    from celora_bench.report import verdict_counts
+    from celora_bench.render.view import verdict_counts
     d, c = _case(), _case("celora", p=0.5)
     checks = bb.verdict(_dense_rows(d, spread=0.03) + _celora_rows(c, 0.5, 1.5, spread=0.03))
     exact = [x for x in checks if x.kind == "exact"]

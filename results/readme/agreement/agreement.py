@@ -15,7 +15,7 @@ import statistics
 import sys
 
 from celora_bench import results
-from celora_bench.report import checks_of
+from celora_bench.render.view import checks_of
 
 SUITE = "backward-breakdown"
 

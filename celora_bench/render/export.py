@@ -1,7 +1,6 @@
-"""Exports a run's rows through pandas. CSV and JSON keep every digit; md/latex/html are rendered.
-
-html is a complete page holding the rows table; the report (verdict, plots, machine) is html_report.
-"""
+"""`celora-bench export`: a run's rows, verdict or speed-of-light figures as one table, through pandas.
+CSV and JSON keep every digit; md/latex/html are formatted (html: a complete page with that table; the
+report with verdict and plots is celora_bench.render.page)."""
 from __future__ import annotations
 
 import json
@@ -46,10 +45,9 @@ def _rendered(df: pd.DataFrame) -> pd.DataFrame:
 
 def verdict_frame(run: Run) -> pd.DataFrame:
     """One line per verdict check, recomputed from the rows: value with its interval [lo, hi]."""
-    from celora_bench.report import checks_of
+    from celora_bench.render.view import checks_of, suites_of
 
-    suites = run.run.get("suites") or sorted({r.case.suite for r in run.rows})
-    records = [{"suite": s, **c.to_json()} for s in suites for c in checks_of(run, s)]
+    records = [{"suite": s, **c.to_json()} for s in suites_of(run) for c in checks_of(run, s)]
     cols = ["suite", "check", "scope", "metric", "value", "lo", "hi", "target", "status", "kind", "rounds", "detail"]
     return pd.DataFrame.from_records(records, columns=cols)
 
@@ -100,7 +98,7 @@ def export(run: Run, fmt: str, table: str = "rows") -> str:
     if fmt == "latex":
         return shown.to_latex(index=False, na_rep="--", caption=note)
     if fmt == "html":     # a complete, titled page (the report with verdict and plots: celora-bench report)
-        from celora_bench.html_report import esc, page
+        from celora_bench.render.html import esc, page
         title = f"celora-bench {table}: {run.path}"
         return page(title, f"<h1>{esc(title)}</h1>\n<p class=\"note\">{esc(note)}; {what}</p>\n<div class=\"scroll\">"
                            + shown.to_html(index=False, na_rep="—", border=0) + "</div>")

@@ -30,6 +30,9 @@ RANK, ALPHA = 16, 32.0
 ALL_P = 0.5
 PREDICTED_FRACTION = 0.9       # measured step speed-up >= 0.9 x the FLOP-predicted one
 JUDGED = ("step",)             # the verdict reads the step: it gets the rounds, the phases the breakdown
+QUESTION = ("How much of a whole model's training step is G_y·W0, and how much faster is a step with CE-LoRA than "
+            "with dense LoRA and with HF peft?")
+PLOT_CAPTIONS = {"step-phases": "one training step per provider: forward, backward and optimizer, median ms"}
 
 
 def providers(dtype: str) -> tuple[str, ...]:
@@ -305,56 +308,10 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
     return checks
 
 
-def bwd_ms(by, case) -> str:
-    """The backward's median ms, derived: fwd+bwd minus fwd (both timed in the same rounds)."""
-    whole, fwd = by.get((case, "fwd+bwd")), by.get((case, "fwd"))
-    if whole is None or fwd is None or not whole.samples or not fwd.samples:
-        return "—"
-    return f"{(whole.time.median - fwd.time.median) * 1e3:.1f}"
+def headline(checks: list[Check]) -> list[Check]:
+    """The measured step speed-ups against our dense LoRA."""
+    return [c for c in checks if c.check.startswith("2.") and c.metric.startswith("measured")]
 
 
-def summary_table(rows: list[Row]):
-    from rich.table import Table
-
-    from celora_bench.flops import CONVENTION
-    t = Table(title="model-step: one training step", caption=f"times: median ms (* IQR/median > 10%); "
-              f"× peft / × dense: step speed-up against peft as users get it and against our dense LoRA "
-              f"(FLOP-predicted in brackets); memory MiB (peak RSS/CUDA over the step); G_y·W0 share: of one "
-              f"profiled step's kernel time (CUDA) or op time (CPU); {CONVENTION}", caption_justify="left")
-    for col in ("model", "tokens", "provider", "fwd ms", "bwd ms (derived)", "optimizer ms", "step ms", "× peft",
-                "× dense (pred.)", "step peak MiB", "GFLOP step (counted)", "GFLOP G_y·W0", "G_y·W0 time share",
-                "trainable MiB"):
-        t.add_column(col, justify="left" if col in ("model", "provider") else "right")
-    by = _by(rows)
-    groups: dict[tuple, dict[str, Case]] = {}
-    for r in rows:
-        groups.setdefault(_group(r.case), {})[r.case.provider] = r.case
-    for case in sorted({r.case for r in rows}, key=lambda c: (c.model, c.tokens, PROVIDERS.index(c.provider)
-                                                               if c.provider in PROVIDERS else 9)):
-        def ms(comp):
-            r = by.get((case, comp))
-            return "—" if r is None or r.time is None else f"{r.time.median * 1e3:.1f}{'*' if r.time.spread else ''}"
-
-        def gf(comp, attr="flops_counted"):
-            r = by.get((case, comp))
-            v = None if r is None else getattr(r, attr)
-            return "—" if v is None else f"{v / 1e9:.2f}"
-
-        def vs(other: str, flops: bool = False) -> str:
-            o = groups[_group(case)].get(other)
-            mine, theirs = by.get((case, "step")), by.get((o, "step")) if o else None
-            if mine is None or theirs is None or not mine.samples or not theirs.samples:
-                return "—"
-            text = f"{theirs.time.median / mine.time.median:.3f}"
-            if flops and mine.flops_counted and theirs.flops_counted:
-                text += f" ({theirs.flops_counted / mine.flops_counted:.3f})"
-            return text
-        step = by.get((case, "step"))
-        state = by.get((case, "state"))
-        share, _ = time_share(by.get((case, "step.alloc")))
-        t.add_row(case.model, str(case.tokens), case.provider, ms("fwd"), bwd_ms(by, case), ms("optimizer"), ms("step"),
-                  vs("peft"), vs("dense", flops=True),
-                  "—" if step is None or step.mem_bytes is None else f"{step.mem_bytes / 2**20:.0f}",
-                  gf("step"), gf("bwd.grad_x_frozen"), "—" if share is None else f"{share:.3f}",
-                  "—" if state is None else f"{state.mem_bytes / 2**20:.1f}")
-    return t
+from suites.model_step.render import plots as plots  # noqa: E402
+from suites.model_step.render import tables as tables  # noqa: E402

@@ -1,0 +1,128 @@
+"""PNG figures of a run, read from the results file only: each suite's own (its `plots`), then the run's
+roofline per layer group (celora_bench.roofline: both roofs from the calibrated peaks, each component of
+dense LoRA and of CE-LoRA r0 = 0 lean a labelled point)."""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from celora_bench import registry, roofline  # noqa: E402
+from celora_bench.models import layer_order  # noqa: E402
+from celora_bench.render.tables import by_case, case_label  # noqa: E402
+from celora_bench.results import Run  # noqa: E402
+
+ROOFLINE_CAPTION = ("roofline from the run's calibrated peaks: each component of dense LoRA and of CE-LoRA "
+                    "(r0 = 0, lean) at its arithmetic intensity; the distance below the roof is 1 - SOL")
+
+
+def save(fig, out_dir: str, name: str, rect=None) -> str:
+    """Writes a figure as out_dir/name at 120 dpi and closes it; returns the path.
+
+    rect: the (left, bottom, right, top) part of the figure tight_layout may fill (room for a figure legend).
+    """
+    path = os.path.join(out_dir, name)
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def layer_groups(rows) -> dict:
+    """(model, N, r, dtype, device) -> {case: {component: Row}} for layer-level cases of dense LoRA and
+    CE-LoRA (a timed G_y·W0 and fwd+bwd; whole-model rows have neither)."""
+    out: dict = defaultdict(dict)
+    for case, comps in by_case(rows).items():
+        if case.provider in ("dense", "celora") and "bwd.grad_x_frozen" in comps and "fwd+bwd" in comps:
+            out[(case.model, case.tokens, case.rank, case.dtype, case.device)][case] = comps
+    return out
+
+
+MARKERS = "osD^v<>pPX*hH"
+
+
+def roofline_plot(rows, peaks, title: str, path: str) -> str | None:
+    """Log-log roofline from the run's measured peaks: every timed component with analytic FLOPs and bytes
+    as a point (colour: provider, marker: component), one panel per layer; FLOP-free components (a gather)
+    sit on the bandwidth axis at their bytes/s instead."""
+    from celora_bench import roofline
+
+    pts = roofline.points(rows, peaks)
+    if not pts:
+        return None
+    layers = sorted({r.case.layer for r, _ in pts}, key=layer_order)
+    comps = sorted({r.component for r, _ in pts})
+    provs = sorted({case_label(r.case) for r, _ in pts}, key=lambda s: (s != "dense", s))
+    cols = min(2, len(layers))
+    nrows = (len(layers) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.2 * cols, 4.6 * nrows), squeeze=False)
+    ridge = roofline.ridge(peaks)
+    xs = np.logspace(-1, 4, 200)
+    for ax, layer in zip(axes.flat, layers):
+        ax.plot(xs, np.minimum(peaks.flops_per_s, xs * peaks.bytes_per_s) / 1e9, "k-", lw=1.2)
+        ax.axvline(ridge, color="grey", ls=":", lw=0.8)
+        for r, p in pts:
+            if r.case.layer != layer:
+                continue
+            color = f"C{provs.index(case_label(r.case)) % 10}"
+            marker = MARKERS[comps.index(r.component) % len(MARKERS)]
+            if p.flops:
+                ax.loglog(p.intensity, p.flops_per_s / 1e9, marker, color=color, ms=6, alpha=0.85)
+            else:                                  # a gather: its bytes/s against the bandwidth roof
+                ax.loglog(0.15, p.bytes_per_s / 1e9 * 0.15, marker, color=color, ms=6, alpha=0.85)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("arithmetic intensity (FLOP/byte; a gather: at the left edge, on the bandwidth roof)")
+        ax.set_ylabel("GFLOP/s (2·m·n·k)")
+        ax.set_title(layer, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=f"C{i % 10}") for i in range(len(provs))]
+    handles += [plt.Line2D([], [], marker=MARKERS[i % len(MARKERS)], ls="", color="grey") for i in range(len(comps))]
+    fig.legend(handles, provs + comps, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"{title}: {peaks.flops_per_s / 1e9:.0f} GFLOP/s, {peaks.bytes_per_s / 1e9:.1f} GB/s measured")
+    extra = (len(provs) + len(comps) + 3) // 4 * 0.22 + 0.3
+    return save(fig, *os.path.split(path), rect=(0, extra / fig.get_figheight(), 1, 1))
+
+
+def roofline_plots(run: Run, out_dir: str) -> list[str]:
+    """One roofline per layer group, from the run's peaks (none for a file without a calibration)."""
+    peaks = roofline.peaks_of(run.machine_info)
+    if peaks is None:
+        return []
+    paths = []
+    for (model, N, r, dtype, device), cases in sorted(layer_groups(run.rows).items()):
+        rows = [r for comps in cases.values() for r in comps.values()
+                if r.case.provider == "dense" or (r.case.svd_rank == 0 and not r.case.cache_rows)]
+        tag = f"{model}-N{N}-r{r}-{dtype}-{device}"
+        got = roofline_plot(rows, peaks, f"roofline: {model}, N={N}, r={r}, {dtype}, {device}",
+                            os.path.join(out_dir, f"roofline-{tag}.png"))
+        if got:
+            paths.append(got)
+    return paths
+
+
+def plot(run: Run, out_dir: str) -> list[str]:
+    """Each registered suite's own plots of its rows, then the run's rooflines; returns the PNG paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for suite in sorted({r.case.suite for r in run.rows} & set(registry.SUITES)):
+        paths += registry.get(suite).plots([r for r in run.rows if r.case.suite == suite], out_dir)
+    return paths + roofline_plots(run, out_dir)
+
+
+def caption(path: str, suite: str) -> str:
+    """What a plot file shows: its suite's caption for the file-name prefix, or the roofline's."""
+    base = os.path.basename(path)
+    known = dict(registry.get(suite).PLOT_CAPTIONS) if suite in registry.SUITES else {}
+    known["roofline-"] = ROOFLINE_CAPTION
+    for prefix, text in known.items():
+        if base.startswith(prefix):
+            return f"{text} ({base})"
+    return base
