@@ -8,6 +8,7 @@ import pytest
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Context, Options, budget_for
 from suites import approx_error, arith_task, convergence, text_task
+from suites.convergence import checks as convergence_checks
 
 CTX = Context(budget_for("quick"), 2, Options())
 
@@ -133,10 +134,10 @@ def test_arith_batch_trains_on_the_answer_only():
 def test_t_quantile_and_interval_status():
     scipy_stats = pytest.importorskip("scipy.stats")
     for df in (1, 2, 3, 5, 10, 11, 20, 60):
-        assert convergence.t975(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=2e-3)
-    assert convergence.within(-0.5, 0.8, 1.0) == "PASS"
-    assert convergence.within(1.2, 3.0, 1.0) == "FAIL" and convergence.within(-3.0, -1.5, 1.0) == "FAIL"
-    assert convergence.within(0.5, 1.5, 1.0) == "NOISE" and convergence.within(None, None, 1.0) == "INFO"
+        assert convergence_checks.t975(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=2e-3)
+    assert convergence_checks.within(-0.5, 0.8, 1.0) == "PASS"
+    assert convergence_checks.within(1.2, 3.0, 1.0) == "FAIL" and convergence_checks.within(-3.0, -1.5, 1.0) == "FAIL"
+    assert convergence_checks.within(0.5, 1.5, 1.0) == "NOISE" and convergence_checks.within(None, None, 1.0) == "INFO"
 
 
 def _final(arm, seed, task, value):

@@ -11,6 +11,7 @@ import os
 from html.parser import HTMLParser
 
 import pytest
+
 from celora_bench import cli, results
 from celora_bench.render import export
 from celora_bench.render import html as H

@@ -105,9 +105,9 @@ def group_key(case: Case) -> tuple:
 
 
 # the rest of the suite interface, and what tests read, from the suite's own modules
+from suites.backward_breakdown.checks import expected_frozen_flops as expected_frozen_flops  # noqa: E402
+from suites.backward_breakdown.checks import headline as headline  # noqa: E402
+from suites.backward_breakdown.checks import k_rule as k_rule  # noqa: E402
+from suites.backward_breakdown.checks import verdict as verdict  # noqa: E402
 from suites.backward_breakdown.plots import PLOT_CAPTIONS as PLOT_CAPTIONS  # noqa: E402
 from suites.backward_breakdown.plots import plots as plots  # noqa: E402
-from suites.backward_breakdown.verdict import expected_frozen_flops as expected_frozen_flops  # noqa: E402
-from suites.backward_breakdown.verdict import headline as headline  # noqa: E402
-from suites.backward_breakdown.verdict import k_rule as k_rule  # noqa: E402
-from suites.backward_breakdown.verdict import verdict as verdict  # noqa: E402

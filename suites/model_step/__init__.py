@@ -14,21 +14,19 @@ import torch
 
 import core
 from celora_bench import distributed, models
-from celora_bench import intervals as I
-from celora_bench.cases import Case, Row
+from celora_bench.cases import Case
 from celora_bench.measure import Target
-from celora_bench.suite import Check, Options
+from celora_bench.suite import Options
 from core.flops import COMPONENTS, layer_flops
 from suites.layer_bench import DTYPES
+from suites.model_step.checks import PROVIDERS
 
 NAME = "model-step"
 DISTRIBUTED = True             # runs under torchrun with DDP
 FSDP = True                    # or, with --fsdp, sharded by FSDP2 (distributed.wrap)
 DESCRIPTION = "One training step of a whole LLaMA-shaped model: time, memory and FLOPs per component vs peft"
-PROVIDERS = ("peft", "peft-native", "dense", "celora-paper", "celora-all")
 RANK, ALPHA = 16, 32.0
 ALL_P = 0.5
-PREDICTED_FRACTION = 0.9       # measured step speed-up >= 0.9 x the FLOP-predicted one
 JUDGED = ("step",)             # the verdict reads the step: it gets the rounds, the phases the breakdown
 QUESTION = ("How much of a whole model's training step is G_y·W0, and how much faster is a step with CE-LoRA than "
             "with dense LoRA and with HF peft?")
@@ -69,8 +67,6 @@ def cases(opts: Options) -> list[Case]:
 # (four Llama-3.2-1B models at once do not fit in 24 GiB).
 
 
-def _group(case: Case) -> tuple:
-    return (case.model, case.tokens, case.dtype, case.device, case.params)
 
 
 def apply(model, provider: str, svd_cache: dict | None = None) -> None:
@@ -231,87 +227,17 @@ def setup(case: Case) -> Target:
 
 # ---- verdict -------------------------------------------------------------------
 
-def _by(rows: list[Row]) -> dict[tuple[Case, str], Row]:
-    return {(r.case, r.component): r for r in rows}
 
 
-def _step_samples(by, case) -> I.Series | None:
-    row = by.get((case, "step"))
-    return row.series if row is not None and row.samples else None
 
 
-def time_share(prof: Row | None) -> tuple[float | None, str]:
-    """G_y·W0's share of one profiled step: by kernel (device) time on CUDA, by CPU op time on the CPU."""
-    if prof is None:
-        return None, ""
-    secs = prof.extra.get("seconds_by_scope", {}).get("bwd.grad_x_frozen")
-    total = prof.extra.get("profiled_device_s") or prof.extra.get("profiled_wall_s")
-    basis = "kernel time" if prof.extra.get("profiled_device_s") else "profiler, CPU"
-    return (secs / total if secs and total else None), basis
 
 
-def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
-    """Per model: G_y·W0's share of the step; each CE-LoRA preset's measured step speed-up against the
-    FLOP-predicted one; speed-ups against peft. Steps are timed one provider at a time (each model
-    is freed before the next is built), so intervals resample each provider's steps independently."""
-    by = _by(rows)
-    checks: list[Check] = []
-    groups: dict[tuple, dict[str, Case]] = {}
-    for r in rows:
-        groups.setdefault(_group(r.case), {})[r.case.provider] = r.case
-    for key, provs in groups.items():
-        dense = provs.get("dense")
-        scope = f"{key[0]} {dict(key[4]).get('batch')}x{dict(key[4]).get('seq')} tokens"
-        if dense and (dense, "bwd.grad_x_frozen") in by and (dense, "step") in by:
-            gx, step = by[(dense, "bwd.grad_x_frozen")], by[(dense, "step")]
-            f = gx.flops_counted / step.flops_counted
-            checks.append(Check("1. model-level G_y·W0 share", scope, "FLOP share (counted)", f, "reported", "INFO",
-                                f"analytic {gx.flops_analytic / step.flops_analytic:.3f}", f, f, kind="info"))
-            share, basis = time_share(by.get((dense, "step.alloc")))
-            if share is not None:
-                checks.append(Check("1. model-level G_y·W0 share", scope, f"time share ({basis}, one step)",
-                                    share, "reported", "INFO", kind="info"))
-        d_s = _step_samples(by, dense) if dense else None
-        for prov in ("celora-paper", "celora-all"):
-            c = provs.get(prov)
-            c_s = _step_samples(by, c) if c else None
-            if not (c_s and d_s):
-                continue
-            predicted = by[(dense, "step")].flops_counted / by[(c, "step")].flops_counted
-            checks.append(Check("2. step speed-up vs ours dense", f"{scope} {prov}", "FLOP-predicted",
-                                predicted, "reported", "INFO", kind="info"))
-            iv = I.unpaired_ratio(d_s, c_s)
-            line = PREDICTED_FRACTION * predicted
-            judged = prov == "celora-paper"
-            checks.append(Check("2. step speed-up vs ours dense", f"{scope} {prov}", "measured", iv.value,
-                                f">= {PREDICTED_FRACTION} × {predicted:.3f}" if judged else "reported",
-                                iv.judge(line, above=True) if judged else "INFO",
-                                f"{iv.value / predicted:.3f} of predicted", iv.lo, iv.hi,
-                                kind="measured" if judged else "info"))
-        for base_name in ("peft", "peft-native"):
-            b = provs.get(base_name)
-            b_s = _step_samples(by, b) if b else None
-            if not b_s:
-                continue
-            for prov in ("dense", "celora-paper", "celora-all"):
-                c = provs.get(prov)
-                c_s = _step_samples(by, c) if c else None
-                if not c_s:
-                    continue
-                iv = I.unpaired_ratio(b_s, c_s)
-                judged = prov == "celora-all" and base_name == "peft"
-                checks.append(Check("3. step speed-up vs peft LoRA", f"{scope} {prov}",
-                                    "measured" if base_name == "peft" else "measured vs peft-native", iv.value,
-                                    "> 1 (whole interval)" if judged else "reported",
-                                    iv.judge(1.0, above=True) if judged else "INFO", "", iv.lo, iv.hi,
-                                    kind="measured" if judged else "info"))
-    return checks
 
 
-def headline(checks: list[Check]) -> list[Check]:
-    """The measured step speed-ups against our dense LoRA."""
-    return [c for c in checks if c.check.startswith("2.") and c.metric.startswith("measured")]
 
 
+from suites.model_step.checks import headline as headline  # noqa: E402
+from suites.model_step.checks import verdict as verdict  # noqa: E402
 from suites.model_step.render import plots as plots  # noqa: E402
 from suites.model_step.render import tables as tables  # noqa: E402

@@ -8,7 +8,7 @@ from celora_bench.cases import Case, Row
 from celora_bench.flops import CONVENTION
 from celora_bench.render.figures import plt, save
 from celora_bench.render.tables import Table, by_case
-from suites.model_step import PROVIDERS, _by, _group, time_share
+from suites.model_step.checks import PROVIDERS, _by, _group, time_share
 
 
 def bwd_ms(by, case) -> str:
