@@ -12,6 +12,7 @@ SUITES = {
     "model-step": "suites.model_step",
     "approx-error": "suites.approx_error",
     "convergence": "suites.convergence",
+    "gpu-targets": "suites.gpu_targets",
 }
 DEFAULT_JUDGED = ("fwd+bwd", "bwd.grad_x_frozen")
 
