@@ -13,6 +13,7 @@ SUITES = {
     "approx-error": "suites.approx_error",
     "convergence": "suites.convergence",
     "gpu-targets": "suites.gpu_targets",
+    "core-forms": "suites.core_forms",
 }
 DEFAULT_JUDGED = ("fwd+bwd", "bwd.grad_x_frozen")
 
