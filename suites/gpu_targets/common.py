@@ -145,10 +145,6 @@ def fact(case: Case, name: str, ok: bool, detail: str = "") -> Row:
 
 # ---- checks -------------------------------------------------------------------------
 
-def series(rows: dict[str, Row], name: str) -> I.Series:
-    return rows[name].series
-
-
 def target_check(check: str, scope: str, metric: str, iv: I.Interval | None, key: str, above: bool,
                  detail: str, reads: tuple = ()) -> Check | None:
     """A timed quantity (its interval between rounds) judged against TARGETS[key]."""
