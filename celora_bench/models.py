@@ -3,7 +3,7 @@ the projection order, and how a model is built (random init from a shape, the lo
 real weights, celora_bench/pretrained.py, or a local checkpoint). Suites import it; it imports no suite."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # The seven LoRA targets of a LLaMA-family decoder block, in block order: the one order every table and plot
 # uses. core.convert keeps its own copy (core imports nothing from the harness); a test holds them equal.
@@ -89,8 +89,11 @@ def hf_config(shape: ModelShape, attn: str = "sdpa"):
     return transformers.LlamaConfig(**kw)
 
 
-def build_model(name: str, dtype=None, attn: str = "sdpa", seed: int = 0, path: str | None = None):
+def build_model(name: str, dtype=None, attn: str = "sdpa", seed: int = 0, path: str | None = None,
+                layers: int | None = None):
     """A causal LM: random init from the named shapes, or loaded from a local checkpoint folder.
+
+    layers: build only this many decoder layers of a random-init model (None: all of them).
 
     A model with real weights in the registry (celora_bench/pretrained.py, e.g. smollm2-135m) is loaded from
     the cache, fetched on first use."""
@@ -103,6 +106,7 @@ def build_model(name: str, dtype=None, attn: str = "sdpa", seed: int = 0, path: 
     if path is not None:
         return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32,
                                                                  attn_implementation=attn, local_files_only=True)
+    shape = get(name) if layers is None else replace(get(name), layers=layers)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(hf_config(get(name), attn))
+    model = transformers.AutoModelForCausalLM.from_config(hf_config(shape, attn))
     return model.to(dtype) if dtype is not None else model

@@ -12,6 +12,8 @@ SUITES = {
     "model-step": "suites.model_step",
     "approx-error": "suites.approx_error",
     "convergence": "suites.convergence",
+    "gpu-targets": "suites.gpu_targets",
+    "core-forms": "suites.core_forms",
 }
 DEFAULT_JUDGED = ("fwd+bwd", "bwd.grad_x_frozen")
 

@@ -130,7 +130,8 @@ class CELoRAConfig:
 #   ran at 0.64-0.66 of dense. 64 elements = 128 bytes, cuBLAS's tensor-core tile depth.
 # CUDA fp32 (and fp64): 16. 16 fp32 = 64 bytes keeps every row of the (N, k) gathered block 16-byte aligned,
 #   which cuBLAS's vectorized and TF32 tensor-core kernels need, and is a multiple of TF32's k-step of 8;
-#   it costs at most 15 extra columns. Not measured on a GPU yet (scripts/bench_gpu.py times 8/16/64/128).
+#   it costs at most 15 extra columns. Not measured on a GPU yet (the gpu-targets suite's kernels section,
+#   `celora-bench run gpu-targets --device cuda -k /kernels/`, times 1/8/16/64/128).
 # CPU: 1. Measured on the 2-core AMD EPYC (MKL, fp32, 2 threads, N=1024, gather + (N, k) @ (k, n) at the
 #   Llama-3.2-1B shapes, p = 0.55 and 0.65, a in 1/8/16/64, best of 7 interleaved rounds, while other jobs
 #   shared the machine): time at a / time at a=1 spanned 0.61-1.21 with no consistent sign across shapes
@@ -155,10 +156,11 @@ def k_multiple_for(device="cpu", dtype=None) -> int:
 # cuda: "fused". On an H200 each extra pass over the (N, n) output that the split form makes (T·A0 and
 #   G_h·A added in place) cost ~0.04 ms at n = 4096 and ~0.13 ms at n = 14336, ~4 ms of a 142 ms
 #   Llama-3.2-1B step (bf16); the fused GEMM takes the (N, r + r0) tail in its inner dimension instead.
-# cpu: "split". `python scripts/bench_core.py --forms-only --tokens 1024` on the 2-core Intel Xeon (fp32, MKL,
-#   15 rounds; results/readme/bench_core-forms-xeon.txt): whole backward fused/split median 0.996, range
-#   0.976-1.020 over q/gate/down x lean/cached x r0 0/14, i.e. no difference beyond noise; the split form
-#   keeps G_h·A in its own scope and is the reference, so it stays.
+# cpu: "split". The two forms side by side (the comparison `celora-bench run core-forms --quick` runs;
+#   results/readme/bench_core-forms-xeon.txt, printed by its predecessor script at N = 1024) on the 2-core
+#   Intel Xeon (fp32, MKL, 15 rounds): whole backward fused/split median 0.996, range 0.976-1.020 over
+#   q/gate/down x lean/cached x r0 0/14, i.e. no difference beyond noise; the split form keeps G_h·A in its
+#   own scope and is the reference, so it stays.
 # Any other device type: "split" (the form every device runs correctly and the reference one).
 GRAD_X_FORM = {"cuda": "fused", "cpu": "split"}
 

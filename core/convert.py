@@ -98,7 +98,8 @@ def _peft_lora(module: nn.Module):
             drop.p if isinstance(drop, nn.Dropout) else 0.0)
 
 
-def convert(model: nn.Module, plan="paper", *, svd_cache: dict | None = None, **preset_kw) -> Conversion:
+def convert(model: nn.Module, plan="paper", *, svd_cache: dict | None = None, svd: SVDSplit | None = None,
+            **preset_kw) -> Conversion:
     """Replaces matching linear layers (and peft LoRA layers) with CELoRALinear, in place.
 
     plan: a preset name ("paper", "all", "dense"; preset_kw go to ``preset``) or a
@@ -112,6 +113,11 @@ def convert(model: nn.Module, plan="paper", *, svd_cache: dict | None = None, **
     model once per preset) computes no SVD for a key already there. The factors are shared between
     the layers, not copied. Raises ValueError when a weight differs (values, device or dtype) from
     the one its cached factors were computed from.
+
+    svd: the function giving a layer's double-LoRA factors (B0, A0) of (W0, r0), default
+    selection.svd_split; with svd_cache it runs only for keys not there. A benchmark that times
+    shapes only may pass one that computes one SVD per shape (suites/gpu_targets/common.py), or one
+    that counts its calls.
     """
     if isinstance(plan, str):
         plan = preset(plan, **preset_kw)
@@ -128,12 +134,12 @@ def convert(model: nn.Module, plan="paper", *, svd_cache: dict | None = None, **
         if peft_parts is not None:
             base, A, B, scale, p_drop = peft_parts
             cfg = replace(cfg, r=A.shape[0], alpha=scale * A.shape[0], dropout=p_drop)
-            new = CELoRALinear.from_linear(base, cfg, _svd_for(svd_cache, name))
+            new = CELoRALinear.from_linear(base, cfg, _svd_for(svd_cache, name, svd))
             with torch.no_grad():
                 new.lora_A.copy_(A)
                 new.lora_B.copy_(B)
         else:
-            new = CELoRALinear.from_linear(module, cfg, _svd_for(svd_cache, name))
+            new = CELoRALinear.from_linear(module, cfg, _svd_for(svd_cache, name, svd))
         _set(model, name, new)
         summary.append(Converted(name, (new.out_features, new.in_features), cfg.keep_ratio, cfg.r, new.r0,
                                  cfg.cache_rows, new.k))
@@ -158,10 +164,10 @@ def _fingerprint(W0: torch.Tensor) -> torch.Tensor:
     return flat[::max(1, flat.numel() // FINGERPRINT)][:FINGERPRINT].clone()
 
 
-def _svd_for(cache: dict | None, name: str) -> SVDSplit | None:
-    """The layer's SVD function backed by cache (None: no cache, the layer computes its own)."""
+def _svd_for(cache: dict | None, name: str, svd: SVDSplit | None = None) -> SVDSplit | None:
+    """The layer's SVD function (svd, None: selection.svd_split) backed by cache (None: no cache)."""
     if cache is None:
-        return None
+        return svd
 
     def split(W0: torch.Tensor, r0: int):
         if r0 == 0:
@@ -175,7 +181,7 @@ def _svd_for(cache: dict | None, name: str) -> SVDSplit | None:
                                  f"{mark.dtype} on {mark.device}); pass one cache per model (same weights, "
                                  f"device and dtype)")
             return B0, A0
-        B0, A0 = selection.svd_split(W0, r0)
+        B0, A0 = (svd or selection.svd_split)(W0, r0)
         cache[key] = (B0, A0, mark)
         return B0, A0
     return split

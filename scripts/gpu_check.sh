@@ -2,23 +2,26 @@
 # One prepared GPU check that ends within 6 minutes (the device machine takes 1-2 more to start: 8 in all).
 # Steps, in order, each a process under its own `timeout -s TERM --kill-after=15 LIMIT`:
 #   env          nvidia-smi, torch, CUDA and Triton versions
-#   smoke        bench_gpu --section smoke: the Triton bf16 gather equals index_select at 8192x14336; one
-#                CE-LoRA layer fwd+bwd runs (on the Triton gather)
-#   layers       bench_gpu --section layers: Llama-3.1-8B projection shapes, N = 8192, against the Amdahl bound
-#   step-1b      bench_gpu --section step-1b: the 1B step (ours dense, `all` r0=14 lean, `all` r0=0 cached) and
+#   smoke        gpu-targets -k /smoke/: the Triton bf16 gather equals index_select at 8192x14336; one CE-LoRA
+#                layer fwd+bwd runs (on the Triton gather)
+#   layers       gpu-targets -k /layers/: Llama-3.1-8B projection shapes, N = 8192, against the Amdahl bound
+#   step-1b      gpu-targets -k /step-1b/: the 1B step (ours dense, `all` r0=14 lean, `all` r0=0 cached) and
 #                one profiled dense step giving G_y·W0's kernel share
-#   attribution  bench_gpu --section attribution: kernel time vs CUDA-event time, one 8B layer fwd+bwd
-#   convert      bench_gpu --section convert: seconds to convert the 1B model with `all` r0=14 (SVDs on the device)
+#   attribution  gpu-targets -k /attribution/: kernel time vs CUDA-event time, one 8B layer fwd+bwd
+#   convert      gpu-targets -k /convert/: seconds to convert the 1B model with `all` r0=14 (SVDs on the device)
 #   backward-breakdown  celora-bench run backward-breakdown --quick --device cuda (64 cases)
 #   model-step          celora-bench run model-step --quick --device cuda (the 1B shapes, 4x2048, 5 providers)
-# A step cut at its limit gets SIGTERM and keeps what it measured: bench_gpu.py rewrites its JSON after every
-# section and exits 143, celora-bench writes a results file with status "partial" and its HTML report.
+# Every step but env is `python3 -m celora_bench.cli run SUITE --device cuda` (gpu-targets: suites/gpu_targets/,
+# one section per step). A step cut at its limit gets SIGTERM and keeps what it measured: celora-bench writes a
+# results file with status "partial", its verdict over what finished and its HTML report.
+# `celora-bench run` exits 0 whatever its verdict says, so the gpu-targets files are read back at the end: a
+# FAILed check or a case that raised fails the check.
 # Each limit is sized from the step's case count (the per-case seconds below); the plan (steps, limits, total
 # <= 360 s) is printed before anything starts. A hard deadline cuts a step's limit to what is left of the
 # 360 s (less one grace period), so a step that used its grace cannot push the whole past it.
 #
-# Files written under OUT_DIR (11):
-#   gpu_check.log, env.txt, bench_gpu-{smoke,layers,step-1b,attribution,convert}.json,
+# Files written under OUT_DIR (16):
+#   gpu_check.log, env.txt, gpu-targets-{smoke,layers,step-1b,attribution,convert}.{json,html},
 #   backward-breakdown-quick-cuda.{json,html}, model-step-quick-cuda.{json,html}
 # The quick CUDA backward-breakdown run is the GPU gate's baseline: commit it as results/baseline-cuda.json.
 #
@@ -37,7 +40,8 @@ OUT_DIR=${1:-results/gpu}
 
 # Seconds per unit of work on one H200. Estimates: no step of this plan has run on a GPU yet; every step's
 # log line "=== NAME: exit RC after S s" gives the real figure for the next revision of these constants.
-START_S=10          # per process: python, torch/transformers/peft imports, the CUDA context
+START_S=10          # per process: python, imports, the CUDA context, the runner's warm-up and roofline
+                    # calibration (a few seconds), the HTML report
 SMOKE_S=20          # Triton compile and launch of the gather; one 14336x4096 layer fwd+bwd at N = 8192
 LAYER_SHAPE_S=12    # one distinct 8B shape: build (one SVD), 16 callables x (3 warm-up + 7 rounds x 5 calls), 7 profiles
 LAYER_SHAPES=4      # q+o, k+v, gate+up, down
@@ -45,7 +49,7 @@ STEP_PROVIDER_S=12  # one 1B model built on the device and converted, its first 
 STEP_PROVIDERS=3    # ours dense, `all` r0=14 lean, `all` r0=0 cached
 STEP_PROFILE_S=8    # the profiled dense step (profile_scopes)
 ATTRIBUTION_S=12    # two 14336x4096 layers, 7 rounds with their kernel times, 2 forward profiles
-CONVERT_BUDGET_S=20 # bench_gpu --convert-budget: the whole conversion runs when its estimated SVD time fits
+CONVERT_BUDGET_S=20 # suites/gpu_targets/convert.py BUDGET_S: the whole conversion runs when its SVD estimate fits
 CONVERT_BUILD_S=10  # two 1B models built on the device, one SVD per shape timed
 BB_CASE_MS=850      # per backward-breakdown case, milliseconds (quick cuda: one per distinct shape and setting)
 BB_CASES=64
@@ -133,18 +137,38 @@ except Exception as e:
     print('triton: not importable:', e)"
 }
 
-BENCH=(python3 scripts/bench_gpu.py)
+RUN=(python3 -m celora_bench.cli run)
 step env bash -c "$(declare -f env_info); env_info > '$OUT_DIR/env.txt' 2>&1; cat '$OUT_DIR/env.txt'"
-step smoke "${BENCH[@]}" --section smoke --out "$OUT_DIR/bench_gpu-smoke.json"
-step layers "${BENCH[@]}" --section layers --out "$OUT_DIR/bench_gpu-layers.json"
-step step-1b "${BENCH[@]}" --section step-1b --out "$OUT_DIR/bench_gpu-step-1b.json"
-step attribution "${BENCH[@]}" --section attribution --out "$OUT_DIR/bench_gpu-attribution.json"
-step convert "${BENCH[@]}" --section convert --convert-budget "$CONVERT_BUDGET_S" \
-    --out "$OUT_DIR/bench_gpu-convert.json"
-step backward-breakdown python3 -m celora_bench.cli run backward-breakdown --quick --device cuda \
+for section in smoke layers step-1b attribution convert; do
+  step "$section" "${RUN[@]}" gpu-targets --device cuda -k "/$section/" --out "$OUT_DIR/gpu-targets-$section.json"
+done
+step backward-breakdown "${RUN[@]}" backward-breakdown --quick --device cuda \
     --out "$OUT_DIR/backward-breakdown-quick-cuda.json"
-step model-step python3 -m celora_bench.cli run model-step --quick --device cuda \
-    --out "$OUT_DIR/model-step-quick-cuda.json"
+step model-step "${RUN[@]}" model-step --quick --device cuda --out "$OUT_DIR/model-step-quick-cuda.json"
+
+verdicts() {   # verdicts FILE...: every FAILed check and every case that raised, in celora-bench results files
+  python3 - "$@" <<'EOF'
+import json, sys
+bad = 0
+for path in sys.argv[1:]:
+    with open(path) as f:
+        run = json.load(f)
+    for check in (c for checks in run.get("verdicts", {}).values() for c in checks if c["status"] == "FAIL"):
+        print(f"{path}: FAIL {check['check']} | {check['scope']} | {check['metric']}")
+        bad = 1
+    for error in run.get("errors", []):
+        print(f"{path}: error in {error['case_id']}: {error['error']}")
+        bad = 1
+sys.exit(bad)
+EOF
+}
+shopt -s nullglob
+TARGET_FILES=("$OUT_DIR"/gpu-targets-*.json)
+shopt -u nullglob
+if [ ${#TARGET_FILES[@]} -gt 0 ]; then
+  echo "=== gpu-targets verdicts" | tee -a "$LOG"
+  verdicts "${TARGET_FILES[@]}" 2>&1 | tee -a "$LOG" || FAILED+=("gpu-targets verdicts (a FAIL or an error)")
+fi
 
 echo "gpu_check: $((SECONDS - T0)) s in all; files:" | tee -a "$LOG"
 ls -l "$OUT_DIR" | tee -a "$LOG"

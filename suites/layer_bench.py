@@ -32,13 +32,24 @@ class _Wrap(nn.Module):
         return self.lin(x)
 
 
+def peft_linear(base: nn.Linear, rank: int, alpha: float, autocast: bool = True):
+    """HF peft's LoRA Linear over base's W0 (shared, not copied). autocast=True is peft as users get it
+    (adapters upcast to fp32); False keeps them in the weight's dtype."""
+    import peft
+    lin = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
+    lin.weight, lin.bias = base.weight, base.bias          # a fresh module over the same W0: base can be wrapped again
+    cfg = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=["lin"])
+    return peft.get_peft_model(_Wrap(lin), cfg, autocast_adapter_dtype=autocast).base_model.model.lin
+
+
 def config_of(case: Case) -> core.CELoRAConfig:
     """The layer's config; params lora_rank overrides the LoRA rank (the reference setting: r0 = r = 56
-    against a dense r = 64), alpha staying 2r."""
+    against a dense r = 64), alpha staying 2r; params grad_x_form picks the G_x form (default: the
+    device's)."""
     r = case.param("lora_rank", case.rank)
     return core.CELoRAConfig(r=r, alpha=ALPHA_PER_RANK * r, keep_ratio=case.keep_ratio,
                              svd_rank=case.svd_rank, tau=case.tau, score=case.score,
-                             cache_rows=case.cache_rows)
+                             cache_rows=case.cache_rows, grad_x_form=case.param("grad_x_form"))
 
 
 def build(case: Case):
@@ -54,9 +65,7 @@ def build(case: Case):
     scale = torch.exp(torch.randn(case.m, generator=g))
     gy = (torch.randn(case.tokens, case.m, generator=g) * scale).to(device=device, dtype=dtype)
     if case.provider == "peft":
-        import peft
-        cfg = peft.LoraConfig(r=case.rank, lora_alpha=ALPHA_PER_RANK * case.rank, target_modules=["lin"])
-        module = peft.get_peft_model(_Wrap(base), cfg).base_model.model.lin
+        module = peft_linear(base, case.rank, ALPHA_PER_RANK * case.rank)
         lora_B = module.lora_B["default"].weight
     else:
         module = core.CELoRALinear.from_linear(base, config_of(case))

@@ -134,6 +134,21 @@ def test_svd_cache_second_conversion_computes_no_svd(monkeypatch):
         assert got.B0 is first.get_submodule(name).B0       # shared, not copied
 
 
+def test_convert_computes_the_factors_with_the_svd_function_it_is_given():
+    from core import selection
+    calls = []
+
+    def counted(W0, r0):
+        calls.append(r0)
+        return selection.svd_split(W0, r0)
+    core.convert(tiny(), "all", r=16, keep_ratio=0.5, svd=counted)
+    assert calls == [14] * (4 * 7)                           # no cache: once per converted W0
+    cache = {}
+    core.convert(tiny(), "all", r=16, keep_ratio=0.5, svd=counted, svd_cache=cache)
+    core.convert(tiny(), "all", r=16, keep_ratio=0.5, svd=counted, svd_cache=cache)
+    assert len(calls) == 2 * 4 * 7                           # with a cache: only for the keys not there
+
+
 def test_svd_cache_refuses_factors_of_another_weight():
     cache = {}
     core.convert(tiny(seed=0), "all", r=16, svd_cache=cache)

@@ -34,8 +34,9 @@ def test_cases_are_sized_for_the_device():
     assert {c.tokens for c in full} >= {2048, 8192, 32768} and {c.rank for c in full} >= {8, 16, 64}
     ref = [c for c in full if c.model == "reference"]
     assert {(c.provider, c.m, c.n, c.tokens) for c in ref} >= {("dense", 4096, 4096, 131072)}
-    (ce,) = [c for c in ref if c.provider == "celora"]
-    assert ce.keep_ratio == 1 / 16 and ce.svd_rank == 56 and ce.param("lora_rank") == 56
+    ce = [c for c in ref if c.provider == "celora"]         # lean and cached rows, as the reference's script
+    assert sorted(c.cache_rows for c in ce) == [False, True]
+    assert all(c.keep_ratio == 1 / 16 and c.svd_rank == 56 and c.param("lora_rank") == 56 for c in ce)
     assert len({c.id for c in full}) == len(full)
 
 

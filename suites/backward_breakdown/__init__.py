@@ -88,11 +88,12 @@ def _cuda_grid(opts: Options) -> list:
 
 def _reference_cases(opts: Options) -> list[Case]:
     """The reference code's latency setting: one 4096×4096 layer, 16×8192 tokens, dense LoRA r=64
-    against CE-LoRA at p=1/16 with SVD rank 56 and LoRA rank 56 (balanced)."""
+    against CE-LoRA at p=1/16 with SVD rank 56 and LoRA rank 56 (balanced), lean and cached rows."""
     common = dict(suite=NAME, model="reference", layer="latency", m=4096, n=4096, tokens=16 * 8192, rank=64,
                   dtype=opts.dtype, device=opts.device)
-    return [Case(provider="dense", **common), Case(provider="peft", **common),
-            Case(provider="celora", keep_ratio=1 / 16, svd_rank=56, params=(("lora_rank", 56),), **common)]
+    return [Case(provider="dense", **common), Case(provider="peft", **common)] + [
+        Case(provider="celora", keep_ratio=1 / 16, svd_rank=56, cache_rows=cached, params=(("lora_rank", 56),),
+             **common) for cached in (False, True)]
 
 
 setup = layer_bench.setup

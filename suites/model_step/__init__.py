@@ -93,15 +93,16 @@ def building_on(device, dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def build(name: str, device, dtype: torch.dtype, path: str | None = None):
+def build(name: str, device, dtype: torch.dtype, path: str | None = None, layers: int | None = None):
     """The model on the device in dtype. A random-init model is built there, in dtype (built in fp32 on
-    the CPU and then moved, an 8B model would take 32 GB of host memory and a copy per tensor); a
-    checkpoint (a path, or the registry's real weights) is loaded, then moved."""
+    the CPU and then moved, an 8B model would take 32 GB of host memory and a copy per tensor), with
+    `layers` decoder layers when given; a checkpoint (a path, or the registry's real weights) is loaded,
+    then moved."""
     from celora_bench import pretrained
     if path is not None or name in pretrained.PRETRAINED:
         return models.build_model(name, dtype=dtype, path=path).to(device)
     with building_on(device, dtype):
-        model = models.build_model(name)
+        model = models.build_model(name, layers=layers)
     return model.to(dtype)                    # a no-op where the build already gave dtype everywhere
 
 

@@ -1,0 +1,90 @@
+"""gpu-targets: the GPU figures and targets of "GPU right on first contact", one case per section (per layer
+shape where a section sweeps them), each measured on its own (run_case): a case that raises is recorded and
+the next one runs.
+
+Sections (the case's provider; `-k /NAME/` runs one):
+  smoke        the Triton bf16 gather equals index_select; one CE-LoRA layer fwd+bwd runs on it (smoke.py)
+  layers       per Llama-3.1-8B projection shape: layer speed-up against its Amdahl bound, the kept-column
+               product against the dense G_y·W0 (layers.py)
+  step-1b      one AdamW step at Llama-3.2-1B shapes against the bound from a profiled step's G_y·W0 share
+  step-8b      the same at Llama-3.1-8B shapes, 8 of 32 decoder layers (steps.py)
+  attribution  counted device time against CUDA-event time of one 8B layer fwd+bwd (attribution.py)
+  convert      seconds to convert the 1B model with `all`, one SVD per W0, none again from svd_cache (convert.py)
+  kernels      the kept-column product per k multiple, the gathers per Triton tile; reported (layers.py)
+
+On CUDA the sections take GPU sizes (common.SIZES["gpu"]); on the CPU, tiny ones ("tiny", in each case's
+params): every section's logic in seconds, its timed figures saying nothing about a GPU. Quick and full are the
+same sweep; the rounds are the suite's own (common.BUDGETS), fixed so a time limit can be sized from them.
+
+    celora-bench run gpu-targets --device cuda                       # every section
+    celora-bench run gpu-targets --device cuda -k /layers/           # one section
+    celora-bench run gpu-targets --device cpu                        # tiny sizes: the logic on the CPU
+"""
+from __future__ import annotations
+
+from celora_bench import models
+from celora_bench.cases import Case, Row
+from celora_bench.suite import Check, Context, Options
+from suites.gpu_targets import attribution, common, convert, layers, smoke, steps
+
+NAME = "gpu-targets"
+DESCRIPTION = "GPU targets: layer and step speed-up vs Amdahl, kept-column product, attribution, Triton, SVD cost"
+QUESTION = ("On a GPU, does CE-LoRA reach its Amdahl bound per layer (0.90 at r0 = 0, 0.85 at r0 = 14) and per "
+            "training step (0.8 of the bound from a profiled step's G_y·W0 share), with the kept-column product "
+            "at most 1.25·p of dense, a device-time count that sees the backward, and the Triton gather exact?")
+HEADLINE = (layers.AMDAHL_CHECK, steps.STEP_CHECK)
+
+# section -> (run_case, verdict over that case's rows)
+SECTIONS = {
+    "smoke": (smoke.run, smoke.verdict),
+    "layers": (layers.run, layers.verdict),
+    "step-1b": (steps.run, steps.verdict),
+    "step-8b": (steps.run, steps.verdict),
+    "attribution": (attribution.run, attribution.verdict),
+    "convert": (convert.run, convert.verdict),
+    "kernels": (layers.run_kernels, layers.verdict_kernels),
+}
+
+
+def cases(opts: Options) -> list[Case]:
+    which = "gpu" if opts.device.startswith("cuda") else "tiny"
+    sz = common.SIZES[which]
+    layer_model = models.get(sz.layer_model)
+    up = layer_model.layer_shapes()["up_proj"]
+
+    def case(section, model, layer, m=0, n=0, tokens=sz.tokens, **params):
+        return Case(NAME, section, model, layer, m, n, tokens, common.R, dtype=opts.dtype, device=opts.device,
+                    params=tuple(sorted({"sizes": which, **params}.items())))
+    shapes = layer_model.distinct_shapes().items()
+    out = [case("smoke", sz.layer_model, "up_proj", *up)]
+    out += [case("layers", sz.layer_model, label, m, n) for label, (m, n) in shapes]
+    for section in ("step-1b", "step-8b"):
+        model, decoder_layers, batch, seq = sz.steps[section]
+        out.append(case(section, model, "model", tokens=batch * seq, batch=batch, seq=seq,
+                        decoder_layers=decoder_layers))
+    out.append(case("attribution", sz.layer_model, "up_proj", *up))
+    out.append(case("convert", sz.convert_model, "model", tokens=0))
+    out += [case("kernels", sz.layer_model, label, m, n) for label, (m, n) in shapes]
+    return out
+
+
+def run_case(case: Case, ctx: Context) -> list[Row]:
+    rows = SECTIONS[case.provider][0](case, ctx)
+    common.free(case)
+    return rows
+
+
+def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
+    """Each case's checks from its own rows, sections in order; every fact row is an exact check."""
+    by_case: dict[Case, list[Row]] = {}
+    for r in rows:
+        by_case.setdefault(r.case, []).append(r)
+    order = list(SECTIONS)
+    out: list[Check] = []
+    for case in sorted(by_case, key=lambda c: (order.index(c.provider) if c.provider in order else len(order),
+                                               models.layer_order(c.layer))):
+        mine = by_case[case]
+        out += common.fact_checks(case, mine)
+        if case.provider in SECTIONS:
+            out += SECTIONS[case.provider][1](case, mine)
+    return out

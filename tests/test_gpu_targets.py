@@ -1,0 +1,126 @@
+"""The gpu-targets suite on the CPU (tiny sizes: every section's logic, through the runner) and its verdict."""
+import os
+import signal
+import time
+
+import pytest
+
+from celora_bench import registry, runner
+from celora_bench.suite import Options
+from suites import gpu_targets
+from suites.gpu_targets import common
+
+SECTIONS = ["smoke", "layers", "step-1b", "step-8b", "attribution", "convert", "kernels"]
+# every timed target met by any measurement (tiny CPU rounds can even give a negative bound): the exact checks
+# alone decide PASS/FAIL
+LOW, HIGH = float("-inf"), float("inf")
+PASSING = {"amdahl_r0_0": LOW, "amdahl_r0_14": LOW, "kept_over_p": HIGH, "step_amdahl": LOW, "attribution": LOW}
+
+
+def _run(path, filt=None, sections=None):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "warm_up", lambda device: None)
+        mp.setattr(runner, "calibrate", lambda ctx: {})
+        for name, fn in (sections or {}).items():
+            mp.setitem(gpu_targets.SECTIONS, name, (fn, gpu_targets.SECTIONS[name][1]))
+        return runner.run(["gpu-targets"], Options(device="cpu"), str(path), filt=filt, tune_malloc=False)
+
+
+def _verdict(rows, targets=None):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common, "TARGETS", {**PASSING, **(targets or {})})
+        return registry.get("gpu-targets").verdict(rows)
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("gpu") / "r.json")
+
+
+def test_passing_targets_cover_every_target():
+    assert set(PASSING) == set(common.TARGETS)
+
+
+def test_cases_take_gpu_sizes_on_cuda_and_tiny_ones_on_the_cpu():
+    gpu = gpu_targets.cases(Options(device="cuda", dtype="bfloat16"))
+    cpu = gpu_targets.cases(Options(device="cpu"))
+    assert [c.provider for c in gpu] == [c.provider for c in cpu]
+    assert list(dict.fromkeys(c.provider for c in cpu)) == SECTIONS == list(gpu_targets.SECTIONS)
+    assert {c.param("sizes") for c in gpu} == {"gpu"} and {c.param("sizes") for c in cpu} == {"tiny"}
+    layers = [c for c in gpu if c.provider == "layers"]
+    assert [(c.model, c.m, c.n, c.tokens) for c in layers][-1] == ("llama-3.1-8b", 4096, 14336, 8192)
+    for section in SECTIONS:                                   # gpu_check.sh's -k /NAME/ picks one section
+        assert {c.provider for c in gpu if f"/{section}/" in c.id} == {section}
+
+
+def test_every_section_runs_on_the_cpu_and_its_checks_pass_when_every_target_is_met(full):
+    assert full.status == "complete" and full.errors == []
+    assert [c.provider for c in dict.fromkeys(r.case for r in full.rows)] == [
+        c.provider for c in gpu_targets.cases(Options(device="cpu"))]
+    checks = _verdict(full.rows)
+    judged = {c.scope.split()[0] if c.check == common.EXACT_CHECK else c.check.split(":")[0] for c in checks
+              if c.status != "INFO"}
+    assert {"smoke", "tiny", "tiny-byte"} <= judged                    # smoke's facts, the steps', convert's
+    assert {c.status for c in checks} <= {"PASS", "INFO"}, [c for c in checks if c.status not in ("PASS", "INFO")]
+    assert sum(c.kind == "exact" for c in checks) == 2 + 2 + 2         # smoke 2, steps 1 each, convert 2
+
+
+def test_every_layer_shape_judges_amdahl_and_the_kept_column_product(full):
+    checks = [c for c in _verdict(full.rows) if c.status != "INFO"]
+    for label in ("q_proj+o_proj", "k_proj+v_proj", "gate_proj+up_proj", "down_proj"):
+        mine = [c for c in checks if c.scope.startswith(label + " ")]
+        # p = 0.5 and the paper's ratio, r0 = 0 and 14: four bounds and two kept products per shape
+        assert sum("Amdahl" in c.check for c in mine) == 4 and sum("kept-column" in c.check for c in mine) == 2
+        assert all(c.lo is not None and c.rounds == 3 for c in mine)   # intervals between the suite's rounds
+
+
+def test_steps_bound_from_the_profiled_share(full):
+    checks = _verdict(full.rows)
+    for which in ("step-1b", "step-8b"):
+        share = [c for c in checks if which in c.scope and c.metric.startswith("G_y·W0 share")]
+        assert len(share) == 1 and 0 < share[0].value < 1
+        bounds = [c for c in checks if which in c.scope and c.metric.startswith("speed-up / bound")]
+        assert len(bounds) == 2 and all(c.target == ">= -inf" for c in bounds)
+
+
+def test_convert_reuses_its_svd_cache(full):
+    row = next(r for r in full.rows if r.component == "convert")
+    assert row.extra["ran"] and row.extra["svds"] == row.extra["layers"] == 4 * 7 and row.extra["svds_cached"] == 0
+
+
+def test_a_target_missed_fails_and_only_its_checks(full):
+    checks = _verdict(full.rows, {"kept_over_p": 0.0})
+    failed = [c for c in checks if c.status == "FAIL"]
+    assert len(failed) == 8 and all("kept-column" in c.check for c in failed)   # 4 shapes x 2 ratios
+    failed = [c for c in _verdict(full.rows, {"attribution": 1e9}) if c.status == "FAIL"]
+    assert len(failed) == 2 and all("attribution" in c.check for c in failed)
+
+
+def test_a_fact_that_is_false_fails(full):
+    from dataclasses import replace
+    rows = [replace(r, extra={**r.extra, "ok": False}) if "ok" in r.extra else r for r in full.rows]
+    failed = [c for c in _verdict(rows) if c.status == "FAIL"]
+    assert len(failed) == 2 and all(c.scope.startswith("smoke") for c in failed)
+
+
+def test_a_section_that_raises_is_recorded_and_the_next_runs(tmp_path):
+    def boom(case, ctx):
+        raise RuntimeError("injected")
+    run = _run(tmp_path / "r.json", ["/smoke/", "/attribution/", "/q_proj+o_proj/kernels/"], {"attribution": boom})
+    assert run.status == "complete-with-errors"
+    assert [e["error"] for e in run.errors] == ["RuntimeError: injected"] and "attribution" in run.errors[0]["case_id"]
+    assert {r.case.provider for r in run.rows} == {"smoke", "kernels"}
+
+
+def test_sigterm_stops_the_run_and_keeps_what_finished(tmp_path):
+    def killed(case, ctx):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(runner.Stopped):
+        _run(tmp_path / "r.json", ["/smoke/", "/attribution/", "/convert/"], {"attribution": killed})
+    from celora_bench import results
+    kept = results.load(str(tmp_path / "r.json"))
+    assert kept.status == "partial" and {r.case.provider for r in kept.rows} == {"smoke"}
+    assert [c["status"] for c in kept.verdicts["gpu-targets"]] == ["PASS", "PASS"]
+    assert signal.getsignal(signal.SIGTERM) is before
