@@ -91,12 +91,21 @@ class Row:
         """The samples with their rounds (none in a file written before rounds: it cannot be paired)."""
         return Series(self.samples, self.rounds)
 
+    @property
+    def kernel(self) -> tuple[float, ...]:
+        """Device-time samples in seconds (CUDA: kernel time over every thread, celora_bench.timing), one per
+        wall-time sample; () where none were taken (the CPU)."""
+        return tuple(self.extra.get("kernel_samples") or ())
+
+    def judged_series(self) -> Series:
+        """What a verdict judges: kernel time where the row has it (CUDA), else wall time."""
+        return self.kernel_series() or self.series
+
     def kernel_series(self) -> Series | None:
         """The device-time samples (CUDA) with their rounds, or None."""
-        k = self.extra.get("kernel_samples")
-        if not k:
+        if not self.kernel:
             return None
-        return Series(tuple(k), tuple(self.extra.get("kernel_rounds") or ()))
+        return Series(self.kernel, tuple(self.extra.get("kernel_rounds") or ()))
 
     def to_json(self) -> dict:
         t = self.time

@@ -176,8 +176,7 @@ def row_point(row, peaks: Peaks) -> Point | None:
     nbytes = row.extra.get("bytes_analytic")
     if not row.samples or row.flops_analytic is None or not nbytes:
         return None
-    k = row.extra.get("kernel_samples")
-    seconds = statistics.median(k) if k else statistics.median(row.samples)
+    seconds = statistics.median(row.kernel or row.samples)
     return point(row.flops_analytic, nbytes, seconds, peaks) if seconds > 0 else None
 
 

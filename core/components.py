@@ -68,10 +68,10 @@ def grad_h(gy: Tensor, B: Tensor, scale: float) -> Tensor:
     return torch.mm(gy, B).mul_(scale)
 
 
-# The fused skinny operand's width is padded with zero columns to a multiple of this (r0 > 0).
-# CPU (MKL, this 2-core AMD EPYC, fp32, N=1024, best of 15 interleaved rounds): G_y (1024, 2048)
-# times an (m, w) operand took 0.49 ms at w=16, 1.11 ms at 14, 4.08 ms at 30 and 0.80–0.88 ms at 32:
-# unpadded, one 30-wide product is slower than the 16 + 14 pair (1.59 ms); padded to 32 it is ~2x faster.
+# The fused skinny operand's width is padded with zero columns to a multiple of this (r0 > 0): BLAS
+# kernels run a skinny product of odd width (r + r0 = 30) on a slower path than a multiple of 16; the
+# zero columns cost at most 15 columns of work. The layer's timed components (`celora-bench run
+# backward-breakdown`) include this product, so a change here shows in their G_y·W0 time.
 SKINNY_MULTIPLE = 16
 # Every block of a fused operand starts at a multiple of ALIGN elements: 16 bytes for 2-byte dtypes (cuBLAS's
 # vectorized loads); r = r0 = 14 in bf16 would otherwise start T at byte 28.

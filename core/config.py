@@ -125,19 +125,14 @@ class CELoRAConfig:
 
 
 # The auto multiple of k per (device type, dtype class).
-# CUDA 16-bit: 64. On an H200 (bf16, shared/gpu/2026-11-30.md) the kept-column GEMM at the paper's odd k
-#   (9319, 2663, 564) ran 4.0-4.3x slower than the whole dense product; k rounded up to a multiple of 64
-#   ran at 0.64-0.66 of dense. 64 elements = 128 bytes, cuBLAS's tensor-core tile depth.
+# CUDA 16-bit: 64 elements = 128 bytes, cuBLAS's tensor-core tile depth. The previous version's H200 run
+#   (README, "On a GPU") found the kept-column GEMM at the paper's odd k far slower than at a multiple of 64.
 # CUDA fp32 (and fp64): 16. 16 fp32 = 64 bytes keeps every row of the (N, k) gathered block 16-byte aligned,
 #   which cuBLAS's vectorized and TF32 tensor-core kernels need, and is a multiple of TF32's k-step of 8;
 #   it costs at most 15 extra columns. Not measured on a GPU yet (the gpu-targets suite's kernels section,
 #   `celora-bench run gpu-targets --device cuda -k /kernels/`, times 1/8/16/64/128).
-# CPU: 1. Measured on the 2-core AMD EPYC (MKL, fp32, 2 threads, N=1024, gather + (N, k) @ (k, n) at the
-#   Llama-3.2-1B shapes, p = 0.55 and 0.65, a in 1/8/16/64, best of 7 interleaved rounds, while other jobs
-#   shared the machine): time at a / time at a=1 spanned 0.61-1.21 with no consistent sign across shapes
-#   or multiples (q/o p=0.55: 1.00, 0.61, 1.02; q/o p=0.65: 1.04, 1.17, 1.10; k/v p=0.55: 1.10, 1.08, 1.02;
-#   gate/up p=0.55: 1.02, 1.00, 1.07; down p=0.65: 1.21, 1.09, 0.91), i.e. within this machine's noise;
-#   no alignment cliff like cuBLAS's 4x. Rounding up only adds up to a-1 columns of work, so none.
+# CPU: 1. MKL has no alignment cliff like cuBLAS's: a multiple changed the kept-column product's time by
+#   no more than run-to-run noise on a 2-core CPU, and rounding up only adds up to a-1 columns of work.
 CUDA_HALF_MULTIPLE = 64
 CUDA_FLOAT_MULTIPLE = 16
 CPU_MULTIPLE = 1
@@ -153,14 +148,12 @@ def k_multiple_for(device="cpu", dtype=None) -> int:
 
 
 # The default form of the sampled G_x per device type (CELoRAConfig.grad_x_form overrides it).
-# cuda: "fused". On an H200 each extra pass over the (N, n) output that the split form makes (T·A0 and
-#   G_h·A added in place) cost ~0.04 ms at n = 4096 and ~0.13 ms at n = 14336, ~4 ms of a 142 ms
-#   Llama-3.2-1B step (bf16); the fused GEMM takes the (N, r + r0) tail in its inner dimension instead.
-# cpu: "split". The two forms side by side (the comparison `celora-bench run core-forms --quick` runs;
-#   results/readme/bench_core-forms-xeon.txt, printed by its predecessor script at N = 1024) on the 2-core
-#   Intel Xeon (fp32, MKL, 15 rounds): whole backward fused/split median 0.996, range 0.976-1.020 over
-#   q/gate/down x lean/cached x r0 0/14, i.e. no difference beyond noise; the split form keeps G_h·A in its
-#   own scope and is the reference, so it stays.
+# cuda: "fused". The split form makes two extra passes over the (N, n) output (T·A0 and G_h·A added in
+#   place); the fused GEMM takes the (N, r + r0) tail in its inner dimension instead (README, "Two forms
+#   of G_x", gives the H200 estimate; `celora-bench run core-forms --device cuda` measures it).
+# cpu: "split". The two forms measured side by side (`celora-bench run core-forms --quick`; the figures and
+#   the file they come from are in the README, "Two forms of G_x") differ by no more than noise; the split
+#   form keeps G_h·A in its own scope and is the reference, so it stays.
 # Any other device type: "split" (the form every device runs correctly and the reference one).
 GRAD_X_FORM = {"cuda": "fused", "cpu": "split"}
 

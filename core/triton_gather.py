@@ -19,9 +19,9 @@ import os
 import torch
 from torch import Tensor
 
-# (BLOCK_R, BLOCK_K) per case; the H200 figures: 8×256 on the large layers. The gpu-targets suite's kernels
-# section (`celora-bench run gpu-targets --device cuda -k /kernels/`) times the alternatives per shape; change
-# this table on its evidence.
+# (BLOCK_R, BLOCK_K) per case; 8×256 was the previous H200 run's best on the large layers. The gpu-targets
+# suite's kernels section (`celora-bench run gpu-targets --device cuda -k /kernels/`) times the alternatives
+# per shape; change this table on its evidence.
 DEFAULT_TILE = (8, 256)
 
 _kernels: dict[bool, object] = {}

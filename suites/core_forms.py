@@ -58,7 +58,7 @@ def group_key(case: Case) -> tuple:
 
 def _series(row: Row) -> I.Series:
     """Device time where the rows carry it (CUDA), else wall time."""
-    return row.kernel_series() or row.series
+    return row.judged_series()
 
 
 def _scope(case: Case) -> str:

@@ -79,7 +79,7 @@ def _index(rows: list[Row]) -> dict[tuple[str, str], Row]:
 
 def basis(rows: list[Row]) -> str:
     """"kernel" where the rows carry device-time samples (CUDA), else "wall"."""
-    return "kernel" if any("kernel_samples" in r.extra for r in rows) else "wall"
+    return "kernel" if any(r.kernel for r in rows) else "wall"
 
 
 def _series(row: Row, on: str) -> I.Series:

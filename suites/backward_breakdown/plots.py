@@ -54,11 +54,11 @@ def breakdown(cases: dict, title: str, path: str) -> str:
 
 def _samples(row) -> tuple[float, ...]:
     """Kernel-time samples where the row has them (CUDA), else wall-time samples, as the verdict judges."""
-    return tuple(row.extra.get("kernel_samples") or row.samples)
+    return row.kernel or row.samples
 
 
 def _series(row) -> intervals.Series:
-    return row.kernel_series() or row.series
+    return row.judged_series()
 
 
 def speedup(cases: dict, title: str, path: str) -> str:
