@@ -66,6 +66,8 @@ class Check:
     == analytic) or "info" (context, judged by nothing).
     reads: the (case id, component) series a timed check is computed from; the runner gives
     those more rounds while the check is within noise. rounds: how many rounds its interval used.
+    labels: the scope as fields, (name, value) pairs such as ("layer", "down_proj"), ("p", "0.25"),
+    ("r0", "0"), ("mode", "lean"): exports give each its own column, so nothing parses scope back apart.
     """
 
     check: str
@@ -80,10 +82,12 @@ class Check:
     kind: str = "measured"
     reads: tuple[tuple[str, str], ...] = ()
     rounds: int = 0
+    labels: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["reads"] = [list(k) for k in self.reads]
+        d["labels"] = [list(k) for k in self.labels]
         return d
 
     @classmethod
@@ -91,6 +95,7 @@ class Check:
         known = {f for f in cls.__dataclass_fields__}
         d = {k: v for k, v in d.items() if k in known}
         d["reads"] = tuple(tuple(k) for k in d.get("reads", ()))
+        d["labels"] = tuple(tuple(k) for k in d.get("labels", ()))
         return cls(**d)
 
 

@@ -44,11 +44,16 @@ def _rendered(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdict_frame(run: Run) -> pd.DataFrame:
-    """One line per verdict check, recomputed from the rows: value with its interval [lo, hi]."""
+    """One line per verdict check, recomputed from the rows: value with its interval [lo, hi], the scope's
+    fields (Check.labels: layer, p, r0, mode, ...) each in its own column."""
     from celora_bench.render.view import checks_of, suites_of
 
-    records = [{"suite": s, **c.to_json()} for s in suites_of(run) for c in checks_of(run, s)]
-    cols = ["suite", "check", "scope", "metric", "value", "lo", "hi", "target", "status", "kind", "rounds", "detail"]
+    checks = [(s, c) for s in suites_of(run) for c in checks_of(run, s)]
+    labels = list(dict.fromkeys(k for _, c in checks for k, _ in c.labels))     # the scope's fields, as columns
+    records = [{"suite": s, **{k: v for k, v in c.to_json().items() if k not in ("reads", "labels")},
+                **dict(c.labels)} for s, c in checks]
+    cols = ["suite", "check", "scope", *labels, "metric", "value", "lo", "hi", "target", "status", "kind", "rounds",
+            "detail"]
     return pd.DataFrame.from_records(records, columns=cols)
 
 
@@ -88,7 +93,7 @@ def export(run: Run, fmt: str, table: str = "rows") -> str:
                     for k, v in rec.items()} for rec in df.to_dict(orient="records")]
         return json.dumps({"flops_convention": CONVENTION, "units": {"*_s": "seconds", "mem_bytes": "bytes"},
                            table: records}, indent=1)
-    shown = _rendered(df) if table == "rows" else df
+    shown = _rendered(df) if table == "rows" else df.astype(object).where(df.notna(), None)
     note = f"{CONVENTION}; " + {"rows": "times in ms (4 significant digits)",
                                 "verdict": "values unitless ratios/shares, [lo, hi] a 95% interval between rounds",
                                 "roofline": "seconds (median; kernel time on CUDA), bytes analytic, SOL = achieved "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
+from dataclasses import replace
 
 from celora_bench import intervals as I
 from celora_bench import models, roofline
@@ -162,7 +163,8 @@ def _exact_check(idx, case: Case, base: Case | None) -> Check | None:
                 bad.append(f"G_y·W0 FLOP ratio {value:.6f} != rule {want:.6f}")
         target = f"FLOP ratio = {want:.4f} (k={k}, {form} form), counted == analytic"
     return Check(EXACT_CHECK, scope, "FLOPs (counted) and k", value, target, "FAIL" if bad else "PASS",
-                 "; ".join(bad) or f"{len(pairs)} FLOP counts equal their analytic counts", kind="exact")
+                 "; ".join(bad) or f"{len(pairs)} FLOP counts equal their analytic counts", kind="exact",
+                 labels=_labels(case))
 
 
 def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
@@ -179,23 +181,25 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
     for case in sorted({r.case for r in rows if r.case.provider == "dense"},
                        key=lambda c: (_group(c), models.layer_order(c.layer))):
         dense[(_group(case), case.layer)] = case
-        checks += _share_checks(idx, [case], on, f"{case.layer} {case.m}x{case.n} N={case.tokens} r={case.rank}")
+        checks += _labelled(_share_checks(idx, [case], on, f"{case.layer} {case.m}x{case.n} N={case.tokens} "
+                                                           f"r={case.rank}"), _labels(case))
     blocks: dict[tuple, list[Case]] = defaultdict(list)
     for (g, _), case in dense.items():
         blocks[g].append(case)
     for g, cases_ in blocks.items():
         if len(cases_) > 1:
-            checks += _share_checks(idx, cases_, on, f"whole block ({g[0]}) N={g[1]} r={g[2]}")
+            checks += _labelled(_share_checks(idx, cases_, on, f"whole block ({g[0]}) N={g[1]} r={g[2]}"),
+                                (("model", g[0]), ("layer", "whole block"), ("N", str(g[1])), ("r", str(g[2]))))
     for case in sorted({r.case for r in rows if r.case.provider == "celora"}, key=lambda c: c.id):
         base = dense.get((_group(case), case.layer))
         if base is not None:
-            checks += _cost_checks(idx, case, base, on)
+            checks += _labelled(_cost_checks(idx, case, base, on), _labels(case))
     peaks = roofline.peaks_of(machine or {})
     if peaks is not None:
         for case in sorted({r.case for r in rows if r.case.provider == "celora"}, key=lambda c: c.id):
             base = dense.get((_group(case), case.layer))
             if base is not None and (case.id, "detail.gather") in idx:
-                checks += _sol_checks(idx, case, base, peaks)
+                checks += _labelled(_sol_checks(idx, case, base, peaks), _labels(case))
     for case in sorted({r.case for r in rows}, key=lambda c: c.id):
         exact = _exact_check(idx, case, dense.get((_group(case), case.layer)))
         if exact is not None:
@@ -248,6 +252,20 @@ def _sol_checks(idx, case: Case, base: Case, peaks) -> list[Check]:
 def _dense_of(rows: list[Row], case: Case) -> Case | None:
     return next((r.case for r in rows if r.case.provider == "dense" and _group(r.case) == _group(case)
                  and r.case.layer == case.layer), None)
+
+
+def _labels(case: Case) -> tuple[tuple[str, str], ...]:
+    """The scope of a case's checks as fields (Check.labels)."""
+    out = (("model", case.model), ("layer", case.layer), ("N", str(case.tokens)), ("r", str(case.rank)),
+           ("provider", case.provider))
+    if case.provider == "celora":
+        out += (("p", f"{case.keep_ratio:g}"), ("r0", str(case.svd_rank)),
+                ("mode", "cached" if case.cache_rows else "lean"))
+    return out
+
+
+def _labelled(checks: list[Check], labels: tuple) -> list[Check]:
+    return [replace(c, labels=labels) for c in checks]
 
 
 def _cost_scope(case: Case) -> str:
