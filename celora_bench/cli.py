@@ -288,7 +288,7 @@ def cmd_list(args) -> int:
         t.add_row(name, mod.DESCRIPTION, str(len(mod.cases(Options(mode="quick")))),
                   str(len(mod.cases(Options(mode="full")))))
     _console().print(t)
-    from suites import models
+    from celora_bench import models
     _console().print("models: " + ", ".join(models.MODELS))
     return 0
 
@@ -324,7 +324,7 @@ def cmd_run(args) -> int:
     if args.resume and not args.out:
         raise CLIError("--resume needs --out PATH, the run to continue")
     if args.model is not None:
-        from suites import models
+        from celora_bench import models
         if args.model not in models.MODELS:
             raise CLIError(f"--model {args.model!r} is unknown; known: {', '.join(models.MODELS)}")
     if args.fsdp:
