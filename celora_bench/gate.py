@@ -11,18 +11,28 @@ the one attempt that is biased. One lucky recheck does not clear a real
 slowdown, one bad moment does not fail CI. FLOP, memory and case-set findings
 are exact and are never rechecked. The baseline is itself the per-ratio median
 of at least three runs (make_baseline).
+
+The CLI (celora_bench.cli.gate) parses arguments and prints; this module decides:
+which baseline, what to measure, the rechecks and the verdict (judge).
 """
 from __future__ import annotations
 
+import os
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
+from celora_bench import env, runner
 from celora_bench.compare import Finding, Rule, block_id, compare, group_of, ratios
 from celora_bench.results import Run
+from celora_bench.suite import Options, budget_for
 
 TIMED = ("ratio", "time.median", "time.min")
 DEFAULT_RECHECKS = 3
+
+
+class GateError(ValueError):
+    """Runs the gate cannot judge; the message is one line for the user."""
 
 
 def is_timed(f: Finding) -> bool:
@@ -30,7 +40,10 @@ def is_timed(f: Finding) -> bool:
 
 
 def _key(f: Finding) -> tuple[str, str, str]:
-    return f.rule, f.case_id, f.component
+    """A finding across passes: its rule without the " (×2)" a small layer's ratio carries (whether dense
+    took under compare.RATIO_MIN_S can differ between passes), its case and component. A recheck is judged
+    against the first pass's limit."""
+    return f.rule.split(" (×")[0], f.case_id, f.component
 
 
 def recheck_ids(findings: list[Finding], run: Run) -> list[str]:
@@ -78,7 +91,7 @@ def recheck(base: Run, cand: Run, findings: list[Finding], rules: list[Rule],
 MIN_BASELINE_RUNS = 3
 
 
-class BaselineError(ValueError):
+class BaselineError(GateError):
     """Runs that cannot make one baseline; the message is one line for the user."""
 
 
@@ -108,6 +121,7 @@ def make_baseline(runs: list[Run], path: str) -> Run:
                      "cpu": (r.machine_info or {}).get("cpu")} for r in runs],
         "ratios": items}}, machine_info=first.machine_info, commit_info=first.commit_info,
         status=first.status, rows=list(first.rows), verdicts=first.verdicts)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     base.save()
     return base
 
@@ -133,3 +147,97 @@ def narrow(run: Run, filters: list[str] | None) -> Run:
     meta = {**run.run, "baseline": {**(run.run.get("baseline") or {}),
                                     "ratios": [i for i in stored if kept(i["case_id"])]}}
     return replace(run, run=meta, rows=[r for r in run.rows if any(f in r.case.id for f in filters)])
+
+
+# ---- the gate's run: which baseline, what is measured, the rechecks, the verdict ------------
+
+def default_baseline(device: str) -> str:
+    """The committed baseline of a device: results/baseline.json (cpu), results/baseline-<device>.json."""
+    return os.path.join("results", "baseline.json" if device == "cpu" else f"baseline-{device}.json")
+
+
+def measure(out: str, device: str, dtype: str, filt: list[str] | None, threads: int | None) -> Run:
+    """The run the gate judges: the quick backward-breakdown suite on this machine, written to out."""
+    return runner.run(["backward-breakdown"], Options(mode="quick", device=device, dtype=dtype), out,
+                      filt=filt, threads=threads)
+
+
+def recheck_times(requested: int | None, from_run: bool) -> int:
+    """--recheck N as given; by default DEFAULT_RECHECKS, or none for an existing run (measured elsewhere)."""
+    if requested is not None:
+        return requested
+    return 0 if from_run else DEFAULT_RECHECKS
+
+
+def same_checkout(run: Run) -> None:
+    """Rechecking a run re-measures this checkout: refuse (GateError) when the run was measured at another
+    commit."""
+    here, there = env.commit_info().get("id"), (run.commit_info or {}).get("id")
+    if here and there and here != there:
+        raise GateError(f"--recheck: {run.path!r} was measured at commit {there[:10]}, this checkout is "
+                        f"{here[:10]}; rechecks would measure other code (check out {there[:10]} or use --recheck 0)")
+
+
+def recheck_as_run(base: Run, cand: Run, findings: list[Finding], rules: list[Rule], times: int,
+                   threads: int | None, log: Callable[[str], None] | None = None) -> list[Finding]:
+    """recheck() measuring with the candidate run's own options, thread count (unless threads is given),
+    malloc mode and budget, so that the rechecks are measured as the run and the baseline were. Each recheck
+    is a new run (no resume) beside the candidate: <stem>-recheck<i>.json, an older file replaced. log(line)
+    says what is measured again."""
+    stem = os.path.splitext(cand.path)[0]
+    suites = cand.run.get("suites") or ["backward-breakdown"]
+    opts = Options(**{k: v for k, v in cand.run.get("options", {}).items() if k in Options.__dataclass_fields__})
+    threads = threads or cand.machine_info.get("threads")
+    tuned = cand.machine_info.get("malloc", "default") != "default"
+    budget = budget_for(opts.mode)
+
+    def remeasure(ids, i):
+        return runner.run(suites, opts, f"{stem}-recheck{i}.json", filt=ids, threads=threads,
+                          tune_malloc=tuned, budget=budget)
+
+    n = sum(f.regression and is_timed(f) for f in findings)
+    if n and log:
+        log(f"{n} time regression(s) in the first pass: measuring them again (up to {times}x, "
+            f"interleaved, {opts.mode} budget, {threads} threads, malloc "
+            f"{'tuned' if tuned else 'default'}, as the run was; judged on the median of "
+            f"the rechecks; runs in {stem}-recheck*.json)")
+    return recheck(base, cand, findings, rules, remeasure, times)
+
+
+@dataclass
+class Judgement:
+    """What a comparison found: every finding (rechecked where the gate rechecked) and the case sets."""
+    findings: list[Finding]
+    common: int
+    missing: list[str]             # case ids of the baseline that the candidate lacks
+    new: list[str]                 # case ids of the candidate that the baseline lacks
+    strict_cases: bool             # the gate: a differing case set fails as a regression does
+
+    @property
+    def regressions(self) -> list[Finding]:
+        return [f for f in self.findings if f.regression]
+
+    @property
+    def cleared(self) -> list[Finding]:
+        """Over the threshold in the first pass, not when measured again."""
+        return [f for f in self.findings if f.rechecks and not f.regression]
+
+    @property
+    def cases_differ(self) -> bool:
+        return self.strict_cases and bool(self.missing or self.new)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.regressions) or self.cases_differ
+
+
+def judge(base: Run, cand: Run, rules: list[Rule], strict_cases: bool, times: int = 0,
+          threads: int | None = None, log: Callable[[str], None] | None = None) -> Judgement:
+    """Compares cand with base under rules; with times > 0 each time regression is measured again
+    (recheck_as_run) and judged on the median of its rechecks. GateError when no case is in common."""
+    findings, cases = compare(base, cand, rules)
+    if cases["common"] == 0:
+        raise GateError(f"no case in common between {base.path!r} and {cand.path!r}")
+    if times:
+        findings = recheck_as_run(base, cand, findings, rules, times, threads, log)
+    return Judgement(findings, cases["common"], cases["missing"], cases["new"], strict_cases)

@@ -144,6 +144,40 @@ def test_near_the_line_a_20_percent_slowdown_fails_and_a_10_percent_drift_passes
         assert out.regression is regression and out.rechecks == tuple(values)
 
 
+def test_gate_rechecks_as_the_run_was_measured_and_judges_their_median(tmp_path, monkeypatch):
+    """gate.judge with fake rechecks (runner.run replaced): each recheck is a fresh run beside the candidate
+    with the candidate's threads, malloc mode and budget; two clean rechecks of three clear a flagged ratio,
+    two slow ones keep it, and the verdict says which findings were cleared."""
+    from celora_bench import gate
+    from celora_bench.suite import budget_for
+
+    d, c = _case(), _case("celora", p=0.5)
+
+    def run_of(name, celora_s):          # dense 1 s, CE-LoRA celora_s: the ratio is celora_s
+        return results.Run(path=str(tmp_path / name), run={"suites": ["backward-breakdown"]},
+                           machine_info={"threads": 3, "malloc": "tuned"},
+                           rows=[Row(d, "bwd.grad_x_frozen", (1.0,) * 5, 100), Row(c, "bwd.grad_x_frozen",
+                                                                                  (celora_s,) * 5, 50)])
+    base, cand = run_of("base.json", 0.5), run_of("cand.json", 1.0)
+    rules = [Rule.parse("ratio:15%")]
+    for rechecks, failed in (((0.5, 1.0, 0.5), False), ((1.0, 0.5, 1.0), True)):
+        calls = []
+
+        def fake_run(suites, opts, out, filt=None, threads=None, tune_malloc=None, budget=None, it=iter(rechecks)):
+            calls.append((os.path.basename(out), sorted(filt), threads, tune_malloc, budget))
+            return run_of(os.path.basename(out), next(it))
+        monkeypatch.setattr(runner, "run", fake_run)
+        judged = gate.judge(base, cand, rules, strict_cases=True, times=3)
+        assert judged.failed is failed and [f.rechecks for f in judged.findings] == [rechecks] * 2  # layer, block
+        assert len(judged.cleared) == (0 if failed else 2)
+        assert calls == [(f"cand-recheck{i}.json", sorted([d.id, c.id]), 3, True, budget_for("quick"))
+                         for i in (1, 2, 3)]
+    assert not gate.judge(base, base, rules, strict_cases=True, times=3).failed     # nothing over: no recheck
+    with pytest.raises(gate.GateError, match="no case in common"):
+        gate.judge(base, results.Run(path="x.json", run={}, rows=[Row(_case(layer="k_proj"), "fwd", (1.0,), 1)]),
+                   rules, strict_cases=False)
+
+
 def test_gate_passes_a_run_against_itself_and_refuses_a_changed_case_set(tiny_baseline, tmp_path):
     assert _gate(tiny_baseline, tiny_baseline) == 0
     fewer = results.load(tiny_baseline)
@@ -225,8 +259,7 @@ def test_gate_catches_a_time_only_regression_after_rechecks(tiny_baseline, tmp_p
     rules = [Rule.parse(r) for r in DEFAULT_GATE]
     found, _ = compare(base, slow, rules)
     assert not any(f.regression for f in found if not f.rule.startswith("ratio")), "must be time-only"
-    rechecker = cli._rechecker(base, slow, rules, gate.DEFAULT_RECHECKS, None)
-    judged = rechecker(found, cli._console_null())
+    judged = gate.recheck_as_run(base, slow, found, rules, gate.DEFAULT_RECHECKS, None)
     failing = [f for f in judged if f.regression]
     assert failing and all(len(f.rechecks) == gate.DEFAULT_RECHECKS for f in failing)
     assert component in {f.component for f in failing}

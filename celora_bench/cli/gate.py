@@ -1,0 +1,168 @@
+"""celora-bench compare, gate: parse, call celora_bench.gate, print the findings, exit 0/1 (2: bad input)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from celora_bench.cli.common import CLIError, _baseline_runs, _console, _device_dtype, _load, _recheck, _threads
+
+COMPARE_HELP = """Compare two results files case by case.
+
+Rules (--fail-on, repeatable) are METRIC:N%[@FIELD=VALUE[|VALUE],...]:
+  time.median / time.min   candidate slower than the baseline by more than N%
+  flops                    FLOPs changed by more than N% (either way); flops:0% is exact
+  memory                   bytes grew by more than N%
+  ratio                    CE-LoRA/dense median of the same run grew by more than N%
+FIELD: suite, provider, component, layer, model, case.
+examples:
+  celora-bench compare results/baseline.json new.json
+  celora-bench compare a.json b.json --fail-on time.median:10%@provider=celora,component=bwd.grad_x_frozen
+exit: 0 no regression, 1 regression, 2 bad input
+"""
+
+GATE_HELP = """Run the quick backward-breakdown suite and gate it against results/baseline.json.
+
+Times differ between machines, so time is gated as CE-LoRA/dense ratios measured
+interleaved in the same rounds of one run (each ratio the trimmed mean of its
+per-round values): a ratio more than 15% over the baseline's is a regression
+(ratio:15%; 30% where dense takes under 10 ms; +150% for the refresh). The
+baseline's ratios are the per-ratio medians of at least three runs. FLOPs,
+persistent and per-step allocated bytes and the case set must equal the
+baseline's exactly. A time regression in the first pass is measured again,
+its whole interleaved group, --recheck N times (default 3) with the run's own
+budget, and judged on the median of those rechecks alone (the first pass,
+picked for being over the line, is left out). -k narrows the baseline as it
+narrows the run (block-level ratios are then not compared). --device cuda
+gates a GPU run against results/baseline-cuda.json.
+examples:
+  celora-bench gate
+  celora-bench gate -k gate_proj                     # one layer shape, against the same part of the baseline
+  celora-bench gate --update-baseline                # measure three runs, write their medians as the baseline
+  celora-bench gate --update-baseline --from A.json --from B.json --from C.json
+  celora-bench gate --from results/runs/X.json       # gate an existing run
+exit: 0 pass, 1 regression, 2 bad input
+"""
+
+
+def add_compare(sub) -> None:
+    cmp_ = sub.add_parser("compare", help="diff two runs; exit 1 on a regression",
+                          description=COMPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmp_.add_argument("baseline", metavar="BASELINE")
+    cmp_.add_argument("candidate", metavar="CANDIDATE")
+    cmp_.add_argument("--fail-on", action="append", default=None, metavar="SPEC",
+                      help="METRIC:N%%[@FIELD=VALUE,...] (repeatable; default: "
+                           "time.median:10%% flops:0%% memory:5%%)")
+    cmp_.add_argument("--all", action="store_true", help="list every compared row, not only regressions")
+
+
+def add_gate(sub) -> None:
+    gate = sub.add_parser("gate", help="run the quick headline suite and gate it against the baseline",
+                          description=GATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gate.add_argument("--baseline", default=None,
+                      help="default: results/baseline.json (cpu), results/baseline-cuda.json (cuda)")
+    gate.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                      help="cpu (default; what CI gates) or cuda, for runs on a GPU machine (bf16 cases)")
+    gate.add_argument("--out", default=None, help="where the gate's run is written")
+    gate.add_argument("--from", dest="from_runs", action="append", default=None, metavar="RUN",
+                      help="gate this existing run instead of measuring (with --update-baseline: repeat for "
+                           "each of the runs the baseline is made of)")
+    gate.add_argument("--fail-on", action="append", default=[], metavar="SPEC", help="extra rules")
+    gate.add_argument("--update-baseline", action="store_true",
+                      help="write a new baseline: the per-ratio medians of --runs measured runs (or of the "
+                           "--from runs, at least 3)")
+    gate.add_argument("--runs", type=_baseline_runs, default=3,
+                      help="runs measured for --update-baseline (default 3, at least 3)")
+    gate.add_argument("--threads", type=_threads, default=None)
+    gate.add_argument("--recheck", type=_recheck, default=None, metavar="N",
+                      help="re-measure each time regression N times and judge the median of those rechecks "
+                           "(default 3; 0 with --from, whose run was measured elsewhere)")
+    gate.add_argument("-k", dest="filter", action="append", default=None,
+                      help="only cases whose id contains FILTER (repeat for any of several)")
+
+
+def _rules(specs):
+    from celora_bench.compare import Rule, RuleError
+
+    try:
+        return [Rule.parse(s) for s in specs]
+    except RuleError as e:
+        raise CLIError(str(e)) from None
+
+
+def _print(judged, show_all: bool) -> int:
+    """The findings table, the counts and the verdict line; the exit code (1: regression)."""
+    from celora_bench.render import terminal
+
+    console = _console()
+    console.print(terminal.compare_table(judged.findings, show_all))
+    cleared = judged.cleared
+    console.print(f"{len(judged.findings)} comparisons over {judged.common} common cases: "
+                  f"{len(judged.regressions)} regressions"
+                  + (f" ({len(cleared)} more were over the threshold once but not when measured again)"
+                     if cleared else "")
+                  + f"; {len(judged.missing)} cases missing from the candidate, {len(judged.new)} new")
+    for cid in judged.missing[:10]:
+        console.print(f"  missing: {cid}")
+    for cid in judged.new[:10]:
+        console.print(f"  new: {cid}")
+    if judged.cases_differ:
+        console.print("the case set differs from the baseline; if intended, refresh it with "
+                      "'celora-bench gate --update-baseline'")
+    console.print("[bold red]REGRESSION[/]" if judged.failed else "[bold green]OK[/]")
+    return 1 if judged.failed else 0
+
+
+def cmd_compare(args) -> int:
+    from celora_bench import gate
+    from celora_bench.compare import DEFAULT_COMPARE
+
+    rules = _rules(args.fail_on or DEFAULT_COMPARE)
+    base, cand = _load(args.baseline), _load(args.candidate)
+    try:
+        judged = gate.judge(base, cand, rules, strict_cases=False)
+    except gate.GateError as e:
+        raise CLIError(str(e)) from None
+    return _print(judged, args.all)
+
+
+def cmd_gate(args) -> int:
+    from celora_bench import gate, runner
+    from celora_bench.compare import DEFAULT_GATE
+
+    rules = _rules(list(DEFAULT_GATE) + args.fail_on)
+    device, dtype = _device_dtype(args.device, None)
+    baseline = args.baseline or gate.default_baseline(device)
+    froms = args.from_runs or []
+    if len(froms) > 1 and not args.update_baseline:
+        raise CLIError(f"--from given {len(froms)} times; gate one run at a time (several only with "
+                       f"--update-baseline)")
+    stem = os.path.splitext(args.out or runner.default_out(["gate"]))[0]
+    try:
+        if args.update_baseline:
+            runs = [_load(p) for p in froms] or [gate.measure(f"{stem}-{i}.json", device, dtype, args.filter,
+                                                              args.threads) for i in range(1, args.runs + 1)]
+            try:
+                base = gate.make_baseline(runs, baseline)
+            except gate.BaselineError as e:
+                raise CLIError(str(e)) from None
+            print(f"baseline written: {baseline} ({len(base.rows)} rows; ratios: medians of "
+                  f"{len(runs)} runs: {', '.join(r.path for r in runs)})")
+            return 0
+        cand = _load(froms[0]) if froms else gate.measure(stem + ".json", device, dtype, args.filter, args.threads)
+    except KeyboardInterrupt:
+        print(f"interrupted: the gate's partial run is in {stem}*.json", file=sys.stderr)
+        return 130
+    if not os.path.exists(baseline):
+        raise CLIError(f"no baseline at {baseline!r}; create it with 'celora-bench gate --update-baseline'")
+    base = gate.narrow(_load(baseline), args.filter)
+    cand = gate.narrow(cand, args.filter)
+    times = gate.recheck_times(args.recheck, from_run=bool(froms))
+    try:
+        if times and froms:
+            gate.same_checkout(cand)
+        judged = gate.judge(base, cand, rules, strict_cases=True, times=times, threads=args.threads,
+                            log=_console().print)
+    except gate.GateError as e:
+        raise CLIError(str(e)) from None
+    return _print(judged, False)
