@@ -330,3 +330,22 @@ def test_gate_k_narrows_the_baseline_as_it_narrows_the_run(tiny_baseline, tmp_pa
                      "-k", "/dense/", "-k", "/peft/", "-k", "p0.25"]) == 0
     out = capsys.readouterr().out
     assert "0 regressions" in out and "0 cases missing" in out
+
+
+def test_a_recheck_is_matched_to_its_finding_whatever_its_small_layer_label(monkeypatch):
+    """Whether dense took under compare.RATIO_MIN_S (the "(×2)" label) can change between passes; each
+    recheck still counts for the finding, judged against the first pass's limit."""
+    from celora_bench import gate
+    from celora_bench.compare import Finding
+    first = Finding("ratio:15% (×2)", "bb/m/k_proj/celora", "bwd.grad_x_frozen", 0.5, 0.9, None, None, True,
+                    threshold=0.30)
+    labels = iter(["ratio:15%", "ratio:15% (×2)", "ratio:15%"])
+    values = iter([0.55, 0.56, 0.9])
+
+    def compare_(base, cand, rules):
+        return [Finding(next(labels), first.case_id, first.component, 0.5, next(values), None, None, False,
+                        threshold=0.15)], {}
+    monkeypatch.setattr(gate, "compare", compare_)
+    monkeypatch.setattr(gate, "recheck_ids", lambda findings, run: [first.case_id])
+    (out,) = gate.recheck(None, None, [first], [], lambda ids, i: None, 3)
+    assert out.rechecks == (0.55, 0.56, 0.9) and not out.regression      # median 0.56 <= 0.5 × 1.30
