@@ -38,6 +38,12 @@ from celora_bench.timing import TimingBudget
 CHUNK_RSS_FRACTION = 0.4      # set up groups until the process holds this share of the machine's memory
 
 
+# What one case may raise and still leave the run going: any error (out of memory, a bad shape, a kernel
+# that does not compile, a bug in one section) is recorded with its traceback in the results file and the
+# next case runs. Ctrl-C and SIGTERM (Stopped) are not errors: they stop the run, keeping what it measured.
+CASE_ERRORS = (Exception,)
+
+
 class Stopped(KeyboardInterrupt):
     """The run was stopped from outside: Ctrl-C (signal SIGINT) or a time limit (SIGTERM)."""
 
@@ -174,7 +180,7 @@ class _State:
         for case in cases:
             try:
                 items.append((case, suite.setup(case)))
-            except (RuntimeError, MemoryError, ValueError) as e:
+            except CASE_ERRORS as e:
                 _record_error(self.run_, case, e)
         if not items:
             self.run_.save()
@@ -182,7 +188,7 @@ class _State:
         self._say(f"set up {_label(items)} ({len(items)} cases)")
         try:
             self.chunk.append(prepare(items, len(self.chunk)))
-        except (RuntimeError, MemoryError, ValueError) as e:
+        except CASE_ERRORS as e:
             for case, _ in items:
                 _record_error(self.run_, case, e)
             self.run_.save()
@@ -202,7 +208,7 @@ class _State:
             t0 = time.perf_counter()
             try:
                 self.run_.add(_with_ranks(suite.run_case(case, self.ctx)))
-            except (RuntimeError, MemoryError, ValueError) as e:
+            except CASE_ERRORS as e:
                 _record_error(self.run_, case, e)
                 self.run_.save()
             if self.on_case:

@@ -179,6 +179,27 @@ def test_interrupt_keeps_rows_and_resume_skips_them(tmp_path, monkeypatch):
     assert done.status == "complete-with-errors"
 
 
+def test_a_case_that_raises_any_error_is_recorded_and_the_next_case_runs(tmp_path, monkeypatch):
+    """An ImportError (a kernel that cannot compile), a TypeError (a bug in one section): recorded, not fatal."""
+    from celora_bench import registry
+
+    class Raising(_Suite):
+        @staticmethod
+        def run_case(case, ctx):
+            if case.tokens == 1:
+                raise ImportError("triton: cannot compile the gather")
+            if case.tokens == 2:
+                raise TypeError("a bug in one section")
+            return [Row(case, "fwd", (0.1,))]
+    monkeypatch.setattr(registry, "get", lambda name: registry.load(Raising))
+    monkeypatch.setattr(runner, "warm_up", lambda device: None)
+    monkeypatch.setattr(runner, "calibrate", lambda ctx: {})
+    done = runner.run(["fake"], Options(), str(tmp_path / "r.json"))
+    assert [e["error"] for e in done.errors] == ["ImportError: triton: cannot compile the gather",
+                                                 "TypeError: a bug in one section"]
+    assert len(done.rows) == 2 and done.status == "complete-with-errors"
+
+
 def test_the_registry_checks_the_suite_interface_and_fills_its_defaults():
     from celora_bench import registry
 

@@ -16,6 +16,7 @@ from celora_bench.suite import Check, Context
 from suites import model_step
 from suites.gpu_targets import common
 from suites.layer_bench import DTYPES
+from suites.model_step import checks as model_step_checks
 
 STEP_CHECK = "3. training step speed-up / Amdahl bound"
 # provider -> (plan, r0, cache_rows); `all` at p = 0.5 with r0 given: LoRA rank r − floor(r0/7)
@@ -64,7 +65,7 @@ def run(case: Case, ctx: Context) -> list[Row]:
 
 def verdict(case: Case, rows: list[Row]) -> list[Check]:
     by = {r.component: r for r in rows}
-    s, basis = model_step.time_share(by.get(PROFILE))
+    s, basis = model_step_checks.time_share(by.get(PROFILE))
     scope = f"{case.param('sizes')} {case.provider} {case.model}, {case.param('decoder_layers')} layers, " \
             f"{case.param('batch')}x{case.param('seq')} tokens"
     if s is None:
