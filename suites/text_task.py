@@ -1,135 +1,25 @@
-"""Real text and a small LLaMA-shaped model, with no network.
+"""The fine-tuning task both accuracy suites run, and its shared hyper-parameters.
 
-Pretraining text: the Python standard library's source. Fine-tuning text:
-Python's documentation prose (pydoc_data.topics), split into train and
-held-out eval. Both ship with every Python. Tokens are bytes (vocabulary 256).
-The small model is pretrained once, deterministically, and cached. With
-model="smollm2-135m" the model is SmolLM2-135M-Instruct (real weights, Q4_1
-dequantized to fp32, celora_bench/pretrained.py) and the text is tokenized by its
-own tokenizer. Users pass
---model-path (a local transformers checkpoint with its tokenizer) and --data
-(plain text, or JSONL in the LLM-Adapters instruction/input/output format).
+The model: the tiny byte-level model pretrained here (suites/tiny_model.py), SmolLM2-135M-Instruct with
+model="smollm2-135m" (real weights, celora_bench/pretrained.py, its own tokenizer), or --model-path (a
+local transformers checkpoint with its tokenizer). The text (suites/corpora.py): Python's documentation
+prose, or --data (plain text, or LLM-Adapters JSONL), split into train and held-out eval.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import os
-import sysconfig
 from dataclasses import dataclass
 
 import torch
 
 from celora_bench import models, pretrained
-from celora_bench.pretrained import cache_dir
+from suites.corpora import Tokens, pydoc_prose, read_user_data, windows
+from suites.tiny_model import pretrained_tiny
 
-PRETRAIN_STEPS = 300
-PRETRAIN_BATCH, PRETRAIN_SEQ, PRETRAIN_LR = 16, 128, 2e-3
 EVAL_FRACTION = 0.1
 # the LoRA fine-tune both accuracy suites run (approx-error captures it, convergence trains it)
 RANK, ALPHA, LR = 16, 32.0, 1e-3
 BATCH, SEQ = 8, 128
-
-
-def stdlib_source(max_bytes: int = 4_000_000) -> bytes:
-    """The standard library's .py files (tests excluded), in sorted order, up to max_bytes."""
-    root = sysconfig.get_paths()["stdlib"]
-    out, total = [], 0
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in ("test", "tests", "idlelib", "site-packages", "__pycache__"))
-        for name in sorted(files):
-            if name.endswith(".py"):
-                with open(os.path.join(folder, name), "rb") as f:
-                    data = f.read()
-                out.append(data)
-                total += len(data)
-                if total >= max_bytes:
-                    return b"\n".join(out)[:max_bytes]
-    return b"\n".join(out)
-
-
-def pydoc_prose() -> bytes:
-    from pydoc_data.topics import topics
-    return "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")
-
-
-def read_user_data(path: str) -> bytes:
-    """Plain text, or JSONL records {"instruction", "input", "output"} (LLM-Adapters) joined as prompts."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    if path.endswith((".jsonl", ".json")):
-        lines = []
-        for i, line in enumerate(raw.decode("utf-8").splitlines()):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise ValueError(f"--data {path!r}: line {i + 1} is not JSON") from None
-            if not isinstance(rec, dict) or "instruction" not in rec or "output" not in rec:
-                raise ValueError(f"--data {path!r}: line {i + 1} has no 'instruction' and 'output' fields")
-            lines.append(f"### Instruction:\n{rec['instruction']}\n\n### Input:\n{rec.get('input', '')}\n\n"
-                         f"### Response:\n{rec['output']}\n")
-        raw = "\n".join(lines).encode("utf-8")
-    if len(raw) < 4096:
-        raise ValueError(f"--data {path!r} holds {len(raw)} bytes; at least 4096 are needed")
-    return raw
-
-
-class Tokens:
-    """Byte tokens, or a local checkpoint's tokenizer."""
-
-    def __init__(self, tokenizer=None):
-        self.tokenizer = tokenizer
-
-    def __call__(self, data: bytes) -> torch.Tensor:
-        if self.tokenizer is None:
-            return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
-        from transformers.utils import logging as hf_logging
-        hf_logging.set_verbosity_error()           # "sequence longer than the model's maximum": windows are cut later
-        return torch.tensor(self.tokenizer(data.decode("utf-8", "replace"))["input_ids"], dtype=torch.long)
-
-
-def windows(ids: torch.Tensor, batch: int, seq: int, generator: torch.Generator) -> torch.Tensor:
-    """batch random windows of seq tokens: (batch, seq)."""
-    starts = torch.randint(0, len(ids) - seq - 1, (batch,), generator=generator)
-    return torch.stack([ids[s:s + seq] for s in starts.tolist()])
-
-
-def _pretrain_key() -> str:
-    shape = models.get("tiny-byte")
-    key = json.dumps([shape.__dict__, PRETRAIN_STEPS, PRETRAIN_BATCH, PRETRAIN_SEQ, PRETRAIN_LR,
-                      hashlib.sha256(stdlib_source()).hexdigest(), torch.__version__.split("+")[0]])
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def pretrained_tiny(log=None) -> str:
-    """Path of the small byte-level model pretrained on the stdlib source (trained once, then cached)."""
-    path = os.path.join(cache_dir(), f"pretrained-tiny-byte-{_pretrain_key()}")
-    if os.path.exists(os.path.join(path, "config.json")):
-        return path
-    torch.manual_seed(0)
-    model = models.build_model("tiny-byte", seed=0)
-    model.config.use_cache = False
-    ids = Tokens()(stdlib_source())
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, PRETRAIN_LR, total_steps=PRETRAIN_STEPS, pct_start=0.1)
-    model.train()
-    for step in range(PRETRAIN_STEPS):
-        x = windows(ids, PRETRAIN_BATCH, PRETRAIN_SEQ, g)
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if log and step % 50 == 0:
-            log(f"pretraining the tiny model on the stdlib source: step {step}, loss {loss.item():.3f}")
-    tmp = path + ".tmp"
-    model.save_pretrained(tmp)
-    os.replace(tmp, path)
-    return path
 
 
 @dataclass

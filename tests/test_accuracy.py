@@ -7,16 +7,16 @@ import pytest
 
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Context, Options, budget_for
-from suites import approx_error, arith_task, convergence, text_task
+from suites import approx_error, arith_task, convergence, corpora, text_task
 from suites.convergence import checks as convergence_checks
 
 CTX = Context(budget_for("quick"), 2, Options())
 
 
 def test_offline_text_is_deterministic_and_real():
-    a, b = text_task.stdlib_source(200_000), text_task.stdlib_source(200_000)
+    a, b = corpora.stdlib_source(200_000), corpora.stdlib_source(200_000)
     assert a == b and len(a) == 200_000 and b"def " in a
-    prose = text_task.pydoc_prose()
+    prose = corpora.pydoc_prose()
     assert len(prose) > 300_000 and b"The " in prose
 
 
@@ -24,16 +24,16 @@ def test_user_data_jsonl_and_errors(tmp_path):
     rows = [{"instruction": f"Add {i} and 2", "input": "", "output": str(i + 2) * 40} for i in range(60)]
     p = tmp_path / "math.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows))
-    text = text_task.read_user_data(str(p))
+    text = corpora.read_user_data(str(p))
     assert b"### Instruction:\nAdd 3 and 2" in text and b"### Response:\n" in text
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "x", "output": "y"}\nnot json\n' * 300)
     with pytest.raises(ValueError, match="line 2 is not JSON"):
-        text_task.read_user_data(str(bad))
+        corpora.read_user_data(str(bad))
     with pytest.raises(ValueError, match="at least 4096"):
         small = tmp_path / "small.txt"
         small.write_text("tiny")
-        text_task.read_user_data(str(small))
+        corpora.read_user_data(str(small))
 
 
 def _gx_case(p, r0, score="product"):

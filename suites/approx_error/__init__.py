@@ -28,7 +28,7 @@ from celora_bench.suite import Context, Options
 from core import components as C
 from core import selection
 from core.config import balanced_rank
-from suites import text_task
+from suites import corpora, text_task
 from suites.approx_error.checks import weights_label
 from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ
 
@@ -130,7 +130,7 @@ def captures(case: Case) -> dict:
     g = torch.Generator().manual_seed(0)
     model.train()
     for step in range(max(wanted) + 1):
-        x = text_task.windows(t.train, batch, seq, g)
+        x = corpora.windows(t.train, batch, seq, g)
         store.clear()
         model(input_ids=x, labels=x).loss.backward()
         if step in wanted:
@@ -213,7 +213,7 @@ def run_propagation(case: Case, ctx: Context) -> list[Row]:
             for layers in (exact_layers, approx_layers):
                 layers[n].lora_A.copy_(A)
                 layers[n].lora_B.copy_(B)
-    x = text_task.windows(t.train, batch, seq, torch.Generator().manual_seed(7))
+    x = corpora.windows(t.train, batch, seq, torch.Generator().manual_seed(7))
     for m in (exact_model, approx_model):
         m.train()
         m(input_ids=x, labels=x).loss.backward()

@@ -37,7 +37,7 @@ import core
 from celora_bench import distributed, pretrained
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Context, Options
-from suites import arith_task, text_task
+from suites import arith_task, corpora, text_task
 from suites.convergence.checks import ARMS, TASKS, weights_label
 from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ
 
@@ -153,7 +153,7 @@ def _batches(case: Case, t, device):
             yield dict(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
     g = torch.Generator().manual_seed(p["seed"] * 1000 + distributed.rank())
     while True:
-        x = text_task.windows(t.train, p.get("batch", BATCH), p.get("seq", SEQ), g).to(device)
+        x = corpora.windows(t.train, p.get("batch", BATCH), p.get("seq", SEQ), g).to(device)
         yield dict(input_ids=x, labels=x)
 
 
