@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from test_core_layer import grads  # one helper: y, G_x, G_A, G_B of a layer
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -37,12 +38,6 @@ def twins(m=64, n=40, r=4, **kw):
     return split, fused
 
 
-def grads(layer, x, gy):
-    x = x.clone().requires_grad_(True)
-    layer.lora_A.grad = layer.lora_B.grad = None
-    y = layer(x)
-    y.backward(gy)
-    return y.detach(), x.grad, layer.lora_A.grad, layer.lora_B.grad
 
 
 def approx_reference(layer, x, gy):
