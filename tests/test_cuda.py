@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import core
-from celora_bench import memory, timing
+from celora_bench import memory, rounds, timing
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -45,7 +45,8 @@ def test_cuda_layer_matches_cpu_float64(dtype, tol, cache_rows):
 
 def test_cuda_event_timing_and_memory_stats():
     a = torch.randn(1024, 1024, device="cuda")
-    stats = timing.time_interleaved([lambda: a @ a], "cuda", timing.TimingBudget(cuda_warmup=3, cuda_reps=10), 1)
+    budget = timing.TimingBudget(all_rounds=1, rounds=10, stages=(), cuda_warmup=3, cuda_reps=10)
+    stats = rounds.time_rounds([lambda: a @ a], "cuda", budget, 1)   # one sample per round (events, 10 calls)
     assert stats[0].count == 10 and all(t > 0 for t in stats[0].samples)
     assert memory.cuda_phase(lambda: torch.empty(2**20, device="cuda"), "cuda") >= 4 * 2**20
 
