@@ -73,19 +73,23 @@ class Prepared:
     totals: list[int | None]
     peaks: list[dict[str, tuple[int | None, str]]]
     slots: list[Slot]
+    alone: list[dict[str, F.ScopeProfile]]      # parts outside the steady-state step, counted on their own
 
 
 def prepare(items: list[tuple[Case, Target]], group: int) -> Prepared:
-    """FLOPs by scope and in total (one profiled forward+backward each), the peak memory of every whole
-    phase (its first calls); and a timing slot per timed callable (celora_bench.rounds warms them up)."""
+    """FLOPs by scope and in total (one profiled forward+backward each; a part the step does not run, such
+    as an index refresh, profiled alone), the peak memory of every whole phase (its first calls); and a
+    timing slot per timed callable (celora_bench.rounds warms them up)."""
     none = F.ScopeProfile({}, {}, {}, None)
     profs = [F.profile_scopes(t.count, t.scopes, c.device) if t.count else none for c, t in items]
+    alone = [{name: F.profile_scopes(fn, (), c.device) for name, fn in t.parts.items()
+              if t.count is not None and name not in prof.flops} for (c, t), prof in zip(items, profs)]
     totals = [F.torch_total(t.count) if t.count else None for _, t in items]
     peaks: list[dict] = []
     for case, target in items:
         peaks.append({name: memory.phase_peak(fn, case.device) for name, fn in target.whole.items()})
     slots = [Slot(group, case.id, name, fn) for case, target in items for name, fn in target.timed.items()]
-    return Prepared(items, profs, totals, peaks, slots)
+    return Prepared(items, profs, totals, peaks, slots, alone)
 
 
 def rows(p: Prepared) -> list[Row]:
@@ -101,11 +105,10 @@ def rows(p: Prepared) -> list[Row]:
             s = slot[(case.id, name)]
             return dict(samples=tuple(s.samples), rounds=tuple(s.rounds))
 
-        for name, fn in target.parts.items():
+        for name in target.parts:
             fl, al, note = counted.get(name), allocated.get(name, 0), target.notes.get(name, "")
-            if has_count and fl is None:
-                # not in a steady-state step (e.g. an index refresh): count the part alone
-                alone = F.profile_scopes(fn, (), case.device)
+            if name in p.alone[i]:                  # not in a steady-state step: counted alone, in prepare
+                alone = p.alone[i][name]
                 fl, al = sum(alone.flops.values()), sum(alone.bytes.values())
                 note = "; ".join(x for x in (note, "counted alone: not part of a steady-state step") if x)
             out.append(Row(case, name, flops_analytic=target.analytic.get(name),
