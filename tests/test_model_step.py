@@ -83,3 +83,17 @@ def test_models_are_built_on_the_device_in_the_dtype(monkeypatch):
     assert seen == {"device": torch.device("meta"), "dtype": torch.bfloat16}     # as built, before any move
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_counted_flops_match_the_analytic_model_in_the_fused_form(tmp_path, monkeypatch):
+    """The form CUDA runs by default (core.config.GRAD_X_FORM), forced on the CPU: the analytic model
+    follows each layer's resolved form and k multiple."""
+    from core import config
+    monkeypatch.setitem(config.GRAD_X_FORM, "cpu", "fused")
+    run = runner.run(["model-step"], Options(mode="quick", batch=2, seq=32), str(tmp_path / "f.json"),
+                     filt=["celora-all"])
+    rows = _rows(run, "celora-all")
+    assert run.status == "complete", run.errors
+    assert rows["bwd.grad_x_lora"].flops_counted == 0                  # G_h·A runs inside the one GEMM
+    for c in COMPONENTS:
+        assert rows[c].flops_counted == rows[c].flops_analytic, c

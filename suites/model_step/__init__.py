@@ -129,6 +129,8 @@ class _Layer:
     k: int | None
     r0: int
     needs_gx: bool
+    form: str = "split"          # the layer's resolved G_x form (core.config.GRAD_X_FORM: fused on CUDA)
+    k_multiple: int = 1
 
 
 def _layers(model, provider: str, shape: models.ModelShape) -> list[_Layer]:
@@ -139,7 +141,7 @@ def _layers(model, provider: str, shape: models.ModelShape) -> list[_Layer]:
         first_qkv = ".layers.0." in name and name.endswith(("q_proj", "k_proj", "v_proj"))
         if isinstance(m, core.CELoRALinear):
             out.append(_Layer(name, m.out_features, m.in_features, m.config.r, None if m.dense else m.k, m.r0,
-                              not first_qkv))
+                              not first_qkv, m.grad_x_form, m.k_multiple))
         elif provider.startswith("peft") and hasattr(m, "base_layer") and name.endswith(models.PROJECTIONS):
             out.append(_Layer(name, m.base_layer.out_features, m.base_layer.in_features, RANK, None, 0,
                               not first_qkv))
@@ -150,7 +152,9 @@ def analytic(layers: list[_Layer], shape: models.ModelShape, batch: int, seq: in
     T = batch * seq
     comp = dict.fromkeys(COMPONENTS, 0)
     for lay in layers:
-        f = layer_flops(T, lay.m, lay.n, lay.r, lay.k, lay.r0, fused=lay.needs_gx)   # no G_x: no G_y·C
+        # no G_x: the layer runs G_h alone (no G_y·C, no fused GEMM), whatever its form (core.function)
+        f = layer_flops(T, lay.m, lay.n, lay.r, lay.k, lay.r0, fused=lay.needs_gx,
+                        form=lay.form if lay.needs_gx else "split", k_multiple=lay.k_multiple)
         for c in COMPONENTS:
             if lay.needs_gx or c not in ("bwd.grad_x_frozen", "bwd.grad_x_lora"):
                 comp[c] += f[c]
