@@ -157,6 +157,12 @@ def point(flops: int, nbytes: int, seconds: float, peaks: Peaks) -> Point:
     return Point(flops, nbytes, seconds, intensity, fps, bps, "compute", fps / peaks.flops_per_s)
 
 
+def amdahl_bound(share, p):
+    """The speed-up bound when a part that takes `share` of the time is cut to p of it: 1 / (1 − s + s·p)
+    (Amdahl's law). Works on floats and on numpy arrays alike."""
+    return 1 / (1 - share + share * p)
+
+
 def ridge(peaks: Peaks) -> float:
     """The intensity (FLOPs/byte) where the two roofs meet."""
     return peaks.flops_per_s / peaks.bytes_per_s

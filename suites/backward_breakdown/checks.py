@@ -330,7 +330,7 @@ def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:
     if _timed(cw) and _timed(dw):
         def fraction(d_whole, c_whole, d_comp, s):
             share = d_comp / d_whole
-            return d_whole / (c_whole + s) * (1 - share + share * p)     # speed-up / bound 1/(1 - s + s·p)
+            return d_whole / (c_whole + s) / roofline.amdahl_bound(share, p)     # speed-up / bound
         iv = I.over_rounds(fraction, [_series(dw, on), _series(cw, on), _series(d_row, on), sel])
         if iv is not None:
             status = iv.judge(AMDAHL_FRACTION, above=True)
@@ -338,7 +338,7 @@ def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:
             share = I.over_rounds(lambda a, b: b / a, [_series(dw, on), _series(d_row, on)])
             out.append(Check(AMDAHL_CHECK, scope, f"speed-up / bound ({on})", iv.value,
                              f">= {AMDAHL_FRACTION:.2f}", status,
-                             f"speed-up {speed.value:.3f}×, bound {1 / (1 - share.value + share.value * p):.3f} "
+                             f"speed-up {speed.value:.3f}×, bound {roofline.amdahl_bound(share.value, p):.3f} "
                              f"from share {share.value:.3f}, selection charged" + _launch(cw, dw)
                              + _why(iv, status, AMDAHL_FRACTION), iv.lo, iv.hi,
                              reads=((base.id, "fwd+bwd"), (case.id, "fwd+bwd"), (base.id, "bwd.grad_x_frozen"))

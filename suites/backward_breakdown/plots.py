@@ -10,6 +10,7 @@ from celora_bench import intervals
 from celora_bench.models import layer_order
 from celora_bench.render.figures import layer_groups, plt, save
 from celora_bench.render.tables import case_label
+from celora_bench.roofline import amdahl_bound
 
 BWD = ("bwd.grad_x_frozen", "bwd.grad_h", "bwd.grad_B", "bwd.grad_A", "bwd.grad_x_lora", "selection.amortized")
 PLOT_CAPTIONS = {
@@ -75,7 +76,7 @@ def speedup(cases: dict, title: str, path: str) -> str:
         d = cases[dense]
         share = np.median(_samples(d["bwd.grad_x_frozen"])) / np.median(_samples(d["fwd+bwd"]))
         ax.plot(ps, 1 / ps, "k--", lw=1, label="ideal 1/p (G_y·W0)")
-        ax.plot(ps, 1 / (1 - share + share * ps), "k:", lw=1, label=f"Amdahl, share {share:.2f}")
+        ax.plot(ps, amdahl_bound(share, ps), "k:", lw=1, label=f"Amdahl, share {share:.2f}")
         for c, comps in cases.items():
             if c.layer != layer or c.provider != "celora":
                 continue

@@ -16,6 +16,7 @@ import core
 from celora_bench import intervals as I
 from celora_bench import models
 from celora_bench.cases import Case, Row
+from celora_bench.roofline import amdahl_bound
 from celora_bench.suite import Check, Context
 from core import components as C
 from core import gather
@@ -77,16 +78,15 @@ def verdict(case: Case, rows: list[Row]) -> list[Check]:
         p, r0, pe = row.extra["keep_ratio"], row.extra["r0"], row.extra["p_eff"]
         lean = by[f"layer.p{p}.r0={r0}.lean"]
 
-        def fraction(d, c, g, pe=pe):                          # speed-up d/c over the bound 1/(1 − s + s·pe)
-            s = g / d
-            return d / c * (1 - s + s * pe)
+        def fraction(d, c, g, pe=pe):                          # speed-up d/c over the Amdahl bound
+            return d / c / amdahl_bound(g / d, pe)
         iv = I.over_rounds(fraction, [dense, row.series, frozen])
         speed = I.paired_ratio(dense, row.series)
         out.append(common.target_check(
             AMDAHL_CHECK, f"{scope} p={p} r0={r0} cached", f"speed-up / bound ({common.clock(case)})", iv,
             "amdahl_r0_0" if r0 == 0 else "amdahl_r0_14", True,
             f"k={row.extra['k']} p_eff={pe:.4f} form={row.extra['grad_x_form']}; {speed.value:.3f}x / "
-            f"{1 / (1 - share.value + share.value * pe):.3f}; lean {I.paired_ratio(dense, lean.series).value:.3f}x "
+            f"{amdahl_bound(share.value, pe):.3f}; lean {I.paired_ratio(dense, lean.series).value:.3f}x "
             f"(lean/cached time {I.paired_ratio(lean.series, row.series).value:.3f})",
             reads=((case.id, "layer.dense"), (case.id, name), (case.id, "dense G_y·W0"))))
     for name, row in sorted(by.items()):

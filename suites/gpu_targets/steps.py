@@ -12,6 +12,7 @@ import core
 from celora_bench import flops, models
 from celora_bench import intervals as I
 from celora_bench.cases import Case, Row
+from celora_bench.roofline import amdahl_bound
 from celora_bench.suite import Check, Context
 from suites import model_step
 from suites.gpu_targets import common
@@ -68,22 +69,22 @@ def verdict(case: Case, rows: list[Row]) -> list[Check]:
     s, basis = model_step_checks.time_share(by.get(PROFILE))
     scope = f"{case.param('sizes')} {case.provider} {case.model}, {case.param('decoder_layers')} layers, " \
             f"{case.param('batch')}x{case.param('seq')} tokens"
+    seen = common.exact(scope, "the profiled dense step shows G_y·W0 time (s > 0)", s is not None,
+                        "no G_y·W0 time in the profile" if s is None else f"s = {s:.4f} ({basis})")
     if s is None:
-        return [common.exact(scope, "the profiled dense step shows G_y·W0 time (s > 0)", False,
-                             "no G_y·W0 time in the profile")]
-    out = [common.exact(scope, "the profiled dense step shows G_y·W0 time (s > 0)", s > 0, f"s = {s:.4f} ({basis})"),
-           common.info(STEP_CHECK, scope, f"G_y·W0 share s of the dense step ({basis})", s)]
+        return [seen]
+    out = [seen, common.info(STEP_CHECK, scope, f"G_y·W0 share s of the dense step ({basis})", s)]
     dense = by.get("step ours dense")
     for prov in PROVIDERS:
         row = by.get(f"step {prov}")
         if prov == "ours dense" or row is None or dense is None:
             continue
         p = row.extra["p"]
-        iv = I.over_rounds(lambda d, c: d / c * (1 - s + s * p), [dense.series, row.series])
+        iv = I.over_rounds(lambda d, c: d / c / amdahl_bound(s, p), [dense.series, row.series])
         speed = I.paired_ratio(dense.series, row.series)
         out.append(common.target_check(
             STEP_CHECK, f"{scope} {prov}", f"speed-up / bound ({common.clock(case)})", iv, "step_amdahl", True,
-            f"{speed.value:.3f}x / {1 / (1 - s + s * p):.3f} (s = {s:.3f}, p = {p:.4f}); step {common.ms(row):.1f} "
+            f"{speed.value:.3f}x / {amdahl_bound(s, p):.3f} (s = {s:.3f}, p = {p:.4f}); step {common.ms(row):.1f} "
             f"ms, ours dense {common.ms(dense):.1f} ms",
             reads=((case.id, "step ours dense"), (case.id, row.component))))
     return [c for c in out if c is not None]
