@@ -7,7 +7,8 @@ Llama-3.2-1B's q, gate and down (--model for another), lean and cached rows, r0 
 the two forms of one configuration are one group, timed interleaved by the runner (suites.layer_bench.setup,
 the layer built with the case's grad_x_form). Reported, paired by round: fused/split of the whole backward
 (autograd, what training runs) and of its G_x part (split: bwd.grad_x_frozen + bwd.grad_x_lora; fused:
-bwd.grad_x_frozen, where G_h·A moved); < 1 means fused is faster. Judged: each layer ran the form it was asked.
+bwd.grad_x_frozen, where G_h·A moved); < 1 means fused is faster. Judged: each layer ran the form it was asked
+(the profiled step's FLOPs in bwd.grad_x_lora: none in the fused form).
 N = 1024 quick, 2048 full on the CPU; 8192 on CUDA.
 
     celora-bench run core-forms --quick --device cpu
@@ -83,11 +84,13 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
     whole = []
     for cs in groups.values():
         for form, case in cs.items():
-            ran = idx.get((case, "bwd.grad_x_frozen"))
-            if ran is not None:
-                got = ran.extra.get("grad_x_form")
+            step = idx.get((case, "step.alloc"))
+            if step is not None:        # what the profiled forward+backward ran: G_h·A apart (split) or not
+                lora = step.extra.get("flops_by_scope", {}).get("bwd.grad_x_lora", 0)
+                got = "split" if lora else "fused"
                 out.append(Check(FORM_CHECK, _scope(case), f"{form} form", float(got == form), f"== {form}",
-                                 "PASS" if got == form else "FAIL", f"the layer ran {got}", kind="exact"))
+                                 "PASS" if got == form else "FAIL",
+                                 f"the profiled step ran {got}: {lora:,} FLOPs in bwd.grad_x_lora", kind="exact"))
         if set(cs) != set(FORMS):
             continue
         split, fused = cs["split"], cs["fused"]
