@@ -1,7 +1,7 @@
 """attribution: the device time the harness counts (celora_bench.timing.kernel_times, every thread) against the
 CUDA-event time of one 8B layer (14336×4096, N = 8192) fwd+bwd, ours dense and CE-LoRA p = 0.5 r0 = 0 cached: a
 count that missed the backward's kernels (autograd runs them on its own thread) would read about 1/3. On the
-CPU: op time (kernel_times of as many calls, after the rounds, paired with them in order) against wall time:
+CPU: op time (kernel_times of as many calls, after the rounds, so compared unpaired) against wall time:
 the check's logic, not a measurement."""
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def run(case: Case, ctx: Context) -> list[Row]:
     rows = common.timed(case, fns, "layers", ctx.threads, forward)
     if not common.cuda(case):                                  # the sampler profiles on CUDA only
         rows = [replace(r, extra={**r.extra, "kernel_samples": timing.kernel_times([fns[r.component]] * len(
-            r.samples), case.device), "kernel_rounds": list(r.rounds)}) for r in rows]
+            r.samples), case.device)}) for r in rows]        # taken after the rounds: no rounds of their own
     return rows
 
 
@@ -40,7 +40,8 @@ def verdict(case: Case, rows: list[Row]) -> list[Check]:
         kernel = r.kernel_series()
         if kernel is None:
             continue
-        iv = I.over_rounds(lambda k, e: k / e, [kernel, r.series])
+        # CUDA: each round's profiled call beside its events, paired; CPU: taken apart, compared unpaired
+        iv = I.paired_ratio(kernel, r.series) if kernel.rounds else I.unpaired_ratio(kernel, r.series)
         fwd = r.extra["forward_kernel_s"] / r.time.median
         out.append(common.target_check(
             ATTRIBUTION_CHECK, f"{case.layer} {case.m}x{case.n} N={case.tokens} {r.component}", what, iv,
