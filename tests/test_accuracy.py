@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from celora_bench import intervals as I
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Context, Options, budget_for
 from suites import approx_error, arith_task, convergence, corpora, text_task
@@ -134,7 +135,7 @@ def test_arith_batch_trains_on_the_answer_only():
 def test_t_quantile_and_interval_status():
     scipy_stats = pytest.importorskip("scipy.stats")
     for df in (1, 2, 3, 5, 10, 11, 20, 60):
-        assert convergence_checks.t975(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=2e-3)
+        assert I.t_quantile(0.975, df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=2e-3)
     assert convergence_checks.within(-0.5, 0.8, 1.0) == "PASS"
     assert convergence_checks.within(1.2, 3.0, 1.0) == "FAIL" and convergence_checks.within(-3.0, -1.5, 1.0) == "FAIL"
     assert convergence_checks.within(0.5, 1.5, 1.0) == "NOISE" and convergence_checks.within(None, None, 1.0) == "INFO"
@@ -155,11 +156,11 @@ def test_verdict_is_a_paired_interval_over_seeds():
     rows += [_final("svd0", s, "arith", v - 10 + d) for (s, v), d in zip(lora.items(), (0.5, -0.5, 0.0))]
     rows += [_final("all", s, "arith", v + d) for (s, v), d in zip(lora.items(), (3.0, -3.0, 0.5))]
     checks = {c.scope.split(",")[0]: c for c in convergence.verdict(rows) if c.check.startswith(("1.", "2."))}
-    d = [0.1, -0.2, 0.1]                             # paper - LoRA per seed; the reference interval by hand
+    d = [0.1, -0.2, 0.1]                             # paper - LoRA per seed; the reference interval by hand, t(0.975, 2) = 4.3026527
     mean, se = sum(d) / 3, (sum((x - sum(d) / 3) ** 2 for x in d) / 2) ** 0.5 / 3 ** 0.5
     assert checks["paper"].value == pytest.approx(mean)
-    assert checks["paper"].lo == pytest.approx(mean - 4.303 * se) and checks["paper"].hi == pytest.approx(
-        mean + 4.303 * se)
+    assert checks["paper"].lo == pytest.approx(mean - 4.3026527 * se) and checks["paper"].hi == pytest.approx(
+        mean + 4.3026527 * se)
     assert checks["paper"].status == "PASS" and checks["svd0"].status == "FAIL" and checks["all"].status == "NOISE"
     one = [_final("lora", 0, "lm", 2.0), _final("paper", 0, "lm", 2.1)]
     (c,) = [c for c in convergence.verdict(one) if c.check.startswith("1.")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import statistics
 
+from celora_bench import intervals as I
 from celora_bench import models
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Check
@@ -23,19 +24,6 @@ ACC_TOL = 1.0            # accuracy points
 def weights_label(case: Case) -> str:
     """What the weights are, in the model registry's wording (celora_bench.models.weights_label)."""
     return models.weights_label(case.model, case.param("path"))
-
-
-# t(0.975, df) for df = 1..10; above, the Cornish-Fisher expansion about z = 1.959964
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
-
-def t975(df: int) -> float:
-    """Two-sided 95% Student t quantile."""
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
-            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
 
 
 def _task_of(r: Row) -> str:
@@ -69,17 +57,14 @@ def delta(a: dict[int, float], b: dict[int, float]) -> tuple[float, float | None
     md, se, n = _paired(a, b)
     if n < 2:
         return md, None, None, n
-    h = t975(n - 1) * se
+    h = I.t_quantile(0.975, n - 1) * se
     return md, md - h, md + h, n
 
 
 def within(lo: float | None, hi: float | None, tol: float) -> str:
-    """PASS: the interval lies within ±tol; FAIL: wholly outside it; NOISE: it straddles a line."""
-    if lo is None:
-        return "INFO"
-    if -tol <= lo and hi <= tol:
-        return "PASS"
-    return "FAIL" if hi < -tol or lo > tol else "NOISE"
+    """PASS: the interval lies within ±tol; FAIL: wholly outside it; NOISE: it straddles a line; INFO: no
+    interval (fewer than 2 seeds)."""
+    return "INFO" if lo is None else I.Interval(0.0, lo, hi).within(-tol, tol)
 
 
 def _smoke(rows: list[Row]) -> bool:
