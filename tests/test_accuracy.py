@@ -156,7 +156,7 @@ def test_verdict_is_a_paired_interval_over_seeds():
     rows += [_final("svd0", s, "arith", v - 10 + d) for (s, v), d in zip(lora.items(), (0.5, -0.5, 0.0))]
     rows += [_final("all", s, "arith", v + d) for (s, v), d in zip(lora.items(), (3.0, -3.0, 0.5))]
     checks = {c.scope.split(",")[0]: c for c in convergence.verdict(rows) if c.check.startswith(("1.", "2."))}
-    d = [0.1, -0.2, 0.1]                             # paper - LoRA per seed; the reference interval by hand, t(0.975, 2) = 4.3026527
+    d = [0.1, -0.2, 0.1]        # paper - LoRA per seed; the reference interval by hand, t(0.975, 2) = 4.3026527
     mean, se = sum(d) / 3, (sum((x - sum(d) / 3) ** 2 for x in d) / 2) ** 0.5 / 3 ** 0.5
     assert checks["paper"].value == pytest.approx(mean)
     assert checks["paper"].lo == pytest.approx(mean - 4.3026527 * se) and checks["paper"].hi == pytest.approx(
