@@ -37,6 +37,18 @@ def get(name: str) -> Loaded:
     return load(importlib.import_module(SUITES[name]))
 
 
+def checks_of(run, suite: str) -> list:
+    """The suite's verdict over a run's rows (celora_bench.results.Run), with the current rules: partial and
+    merged runs get one too; none for a suite without rows or not registered here."""
+    rows = [r for r in run.rows if r.case.suite == suite]
+    if not rows:
+        return []
+    try:
+        return get(suite).verdict(rows, run.machine_info)
+    except UnknownSuite:
+        return []
+
+
 def load(mod) -> Loaded:
     """The module as a Loaded suite: required members checked, optional ones defaulted (celora_bench.suite)."""
     missing = [m for m in ("NAME", "DESCRIPTION", "cases", "verdict") if not hasattr(mod, m)]

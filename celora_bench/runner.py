@@ -342,8 +342,7 @@ def verdicts_of(run_: results.Run, suite_names: list[str]) -> dict[str, list[dic
     """Each suite's verdict, computed with the current rules from the rows measured so far, as stored."""
     out = {}
     for name in suite_names:
-        rows_ = [r for r in run_.rows if r.case.suite == name]
-        checks = registry.get(name).verdict(rows_, run_.machine_info) if rows_ else []
+        checks = registry.checks_of(run_, name)
         out[name] = json.loads(json.dumps([c.to_json() for c in checks]))       # as it reads back from the file
     return out
 

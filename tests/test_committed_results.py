@@ -7,6 +7,7 @@ import os
 import pytest
 
 from celora_bench import results, runner
+from celora_bench.render import view
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,17 +27,22 @@ def _committed() -> list[str]:
 @pytest.mark.parametrize("path", _committed(), ids=lambda p: os.path.relpath(p, ROOT))
 def test_stored_verdicts_are_the_current_rules(path):
     run = results.load(path)
-    suites = run.run.get("suites") or sorted({r.case.suite for r in run.rows})
-    assert runner.verdicts_of(run, suites) == run.verdicts, f"stale verdict: celora-bench reverdict {path}"
+    assert runner.verdicts_of(run, view.suites_of(run)) == run.verdicts, f"stale verdict: celora-bench reverdict {path}"
 
 
-def test_a_stale_verdict_is_caught(tmp_path):
-    src = _committed()[0]
-    run = results.load(src)
+def test_reverdict_finds_a_stale_verdict_and_rewrites_it(tmp_path, capsys):
+    """`reverdict --check` exits 1 on a file whose stored verdict the rules would not give, `reverdict`
+    rewrites it (rows untouched), and then --check exits 0."""
+    from celora_bench import cli
+    run = results.load(_committed()[0])
     name = next(iter(run.verdicts))
-    run.verdicts[name] = run.verdicts[name][:-1] + [{**run.verdicts[name][-1], "status": "PASS?"}] \
-        if run.verdicts[name] else [{"check": "x"}]
+    run.verdicts[name] = run.verdicts[name][:-1] + [{**run.verdicts[name][-1], "status": "PASS?"}]
     run.path = str(tmp_path / "stale.json")
     run.save()
-    suites = run.run.get("suites") or sorted({r.case.suite for r in run.rows})
-    assert runner.verdicts_of(results.load(run.path), suites) != json.load(open(run.path))["verdicts"]
+    rows = json.load(open(run.path))["rows"]
+    assert cli.main(["reverdict", "--check", run.path]) == 1
+    assert cli.main(["reverdict", run.path]) == 0
+    assert cli.main(["reverdict", "--check", run.path]) == 0
+    fresh = results.load(run.path)
+    assert fresh.verdicts == runner.verdicts_of(fresh, view.suites_of(fresh))
+    assert json.load(open(run.path))["rows"] == rows

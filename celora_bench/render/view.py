@@ -75,13 +75,7 @@ def suites_of(run: Run) -> list[str]:
     return listed + sorted({r.case.suite for r in run.rows} - set(listed))
 
 
-def checks_of(run: Run, suite: str) -> list[Check]:
-    """The verdict, recomputed from the rows with the current rules (partial and merged runs get one too);
-    none for a suite this celora-bench does not know."""
-    rows = [r for r in run.rows if r.case.suite == suite]
-    if not rows or suite not in registry.SUITES:
-        return []
-    return registry.get(suite).verdict(rows, run.machine_info)
+checks_of = registry.checks_of          # the verdict, recomputed from the rows with the current rules
 
 
 def run_where(run: Run) -> str:
