@@ -204,11 +204,6 @@ def over_rounds(stat: Callable[..., float], series: Sequence[Series], level: flo
     return of_values(values, level) if values else None
 
 
-def exact(value: float) -> Interval:
-    """A quantity without sampling noise (counted FLOPs): its interval is the point."""
-    return Interval(value, value, value)
-
-
 def paired_ratio(num: Series, den: Series, level: float = LEVEL) -> Interval | None:
     """num / den from the rounds both share (timed interleaved in one sampler)."""
     return over_rounds(lambda a, b: a / b, [num, den], level)

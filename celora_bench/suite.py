@@ -90,14 +90,6 @@ class Check:
         d["labels"] = [list(k) for k in self.labels]
         return d
 
-    @classmethod
-    def from_json(cls, d: dict) -> "Check":
-        known = {f for f in cls.__dataclass_fields__}
-        d = {k: v for k, v in d.items() if k in known}
-        d["reads"] = tuple(tuple(k) for k in d.get("reads", ()))
-        d["labels"] = tuple(tuple(k) for k in d.get("labels", ()))
-        return cls(**d)
-
 
 def budget_for(mode: str) -> TimingBudget:
     """Rounds per mode (celora_bench.rounds). Quick: 3 rounds of every component, 8 of those a verdict

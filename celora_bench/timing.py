@@ -87,10 +87,6 @@ class TimingBudget:
                              f"cuda_warmup={self.cuda_warmup} is invalid; allowed: block_s > 0, "
                              f"cuda_reps >= 1, cuda_warmup >= 0")
 
-    @property
-    def max_rounds(self) -> int:
-        return self.fixed or (self.stages[-1] if self.stages else self.rounds)
-
 
 def cpu_block(fn: Callable[[], object], block_s: float, one_call: bool = False) -> float:
     """Seconds per call of fn: the mean over as many back-to-back calls as fill block_s (at least one)."""

@@ -104,11 +104,6 @@ class CELoRALinear(nn.Module):
             self._resolved = _Resolved(k, a, form, C.fused_layout(k, c.r, self.r0, a))
         return self._resolved
 
-    def kept_for(self, dtype: torch.dtype | None = None) -> int:
-        """k for products in dtype (None: the weight's) on the weight's device."""
-        w = self.weight
-        return self.config.kept(self.out_features, w.device, dtype or w.dtype)
-
     @property
     def k(self) -> int:
         """The number of kept features for the weight's device and the compute dtype (under autocast,

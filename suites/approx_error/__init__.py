@@ -51,8 +51,6 @@ def _sizes(mode: str, model: str = "tiny-byte"):
     return dict(ps=(0.25, 0.5, 0.55, 0.65, 0.75), warm=50, stale=(0, 1, 10, 50, 100, 200))
 
 
-
-
 def cases(opts: Options) -> list[Case]:
     model = text_task.model_of(opts)
     sz = _sizes(opts.mode, model)
@@ -257,14 +255,7 @@ def run_case(case: Case, ctx: Context) -> list[Row]:
     return {"propagation": run_propagation, "spectrum": run_spectrum}.get(kind, run_gx)(case, ctx)
 
 
-# ---- verdict ----------------------------------------------------------------------------
-
-
-
-
-
-
-
+# ---- the verdict, tables and plots: the suite's own modules (checks.py, render.py) ----
 from suites.approx_error.checks import verdict as verdict  # noqa: E402
 from suites.approx_error.render import plots as plots  # noqa: E402
 from suites.approx_error.render import spectra_table as spectra_table  # noqa: E402

@@ -40,7 +40,7 @@ def breakdown(cases: dict, title: str, path: str) -> str:
                     continue
                 h = row.time.median * 1e3
                 ax.bar(li + (vi - (len(variants) - 1) / 2) * width, h, width * 0.95, bottom=bottom,
-                       color=colors[ci], label=comp if (vi == 0 and li == 0) or False else None)
+                       color=colors[ci], label=comp if vi == 0 and li == 0 else None)
                 bottom += h
             ax.text(li + (vi - (len(variants) - 1) / 2) * width, bottom, case_label(case).replace("celora ", ""),
                     rotation=90, fontsize=6, ha="center", va="bottom")

@@ -89,8 +89,6 @@ def plan(arm: str) -> dict:
     raise ValueError(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
 
 
-
-
 def cases(opts: Options) -> list[Case]:
     model = text_task.model_of(opts)
     sz = _sizes(opts.mode, model)
@@ -216,30 +214,7 @@ def run_case(case: Case, ctx: Context) -> list[Row]:
     ]
 
 
-# ---- verdict ---------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
+# ---- the verdict, tables and plots: the suite's own modules (checks.py, render.py) ----
 from suites.convergence.checks import headline as headline  # noqa: E402
 from suites.convergence.checks import verdict as verdict  # noqa: E402
 from suites.convergence.render import plots as plots  # noqa: E402

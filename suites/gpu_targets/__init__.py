@@ -32,7 +32,6 @@ DESCRIPTION = "GPU targets: layer and step speed-up vs Amdahl, kept-column produ
 QUESTION = ("On a GPU, does CE-LoRA reach its Amdahl bound per layer (0.90 at r0 = 0, 0.85 at r0 = 14) and per "
             "training step (0.8 of the bound from a profiled step's G_y·W0 share), with the kept-column product "
             "at most 1.25·p of dense, a device-time count that sees the backward, and the Triton gather exact?")
-HEADLINE = (layers.AMDAHL_CHECK, steps.STEP_CHECK)
 
 # section -> (run_case, verdict over that case's rows)
 SECTIONS = {
@@ -88,3 +87,8 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
         if case.provider in SECTIONS:
             out += SECTIONS[case.provider][1](case, mine)
     return out
+
+
+def headline(checks: list[Check]) -> list[Check]:
+    """The rows that answer the question at a look: each layer and step against its Amdahl bound."""
+    return [c for c in checks if c.check in (layers.AMDAHL_CHECK, steps.STEP_CHECK) and c.kind == "measured"]

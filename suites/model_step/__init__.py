@@ -67,8 +67,6 @@ def cases(opts: Options) -> list[Case]:
 # (four Llama-3.2-1B models at once do not fit in 24 GiB).
 
 
-
-
 def apply(model, provider: str, svd_cache: dict | None = None) -> None:
     """Puts the provider's LoRA on every projection of the model (svd_cache: core.convert's)."""
     if provider in ("peft", "peft-native"):
@@ -230,18 +228,7 @@ def setup(case: Case) -> Target:
                              "(CE-LoRA's B0, A0, I and cached rows not included)")
 
 
-# ---- verdict -------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
+# ---- the verdict, tables and plots: the suite's own modules (checks.py, render.py) ----
 from suites.model_step.checks import headline as headline  # noqa: E402
 from suites.model_step.checks import verdict as verdict  # noqa: E402
 from suites.model_step.render import plots as plots  # noqa: E402
