@@ -15,10 +15,11 @@ the time it took. A component without FLOPs (a gather) is judged on its bytes al
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch
+
+from celora_bench import timing
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
@@ -57,24 +58,6 @@ class Peaks:
         return cls(**d)
 
 
-def _timer(device: str):
-    """Seconds of one call of fn: events on CUDA, the wall clock on the CPU."""
-    cuda = device.startswith("cuda")
-
-    def run(fn) -> float:
-        if cuda:
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            return s.elapsed_time(e) / 1e3
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-    return run
-
-
 def calibrate(device: str = "cpu", dtype: str = "float32", threads: int | None = None,
               gemm_n: int | None = None, stream_bytes: int | None = None, reps: int = 5) -> Peaks:
     """Peak GEMM FLOP/s and memory bytes/s of this device in this dtype and thread count (a few seconds)."""
@@ -86,7 +69,8 @@ def calibrate(device: str = "cpu", dtype: str = "float32", threads: int | None =
     if threads:
         torch.set_num_threads(threads)
     try:
-        clock = _timer(device)
+        def clock(fn) -> float:
+            return timing.call_seconds(fn, device)
         gemm = _gemm(clock, gemm_n, device, dt, reps)
         n = stream_bytes // torch.tensor([], dtype=dt).element_size()
         copy, triad = _stream(clock, n, device, dt, reps)

@@ -124,6 +124,15 @@ class CudaBlocks:
         return out
 
 
+def call_seconds(fn: Callable[[], object], device: str) -> float:
+    """Seconds of one call of fn: CUDA events read after a synchronization, or the wall clock."""
+    if device.startswith("cuda"):
+        blocks = CudaBlocks(1)
+        blocks.time(fn)
+        return blocks.read()[0]
+    return cpu_block(fn, 0.0, one_call=True)
+
+
 REP_SCOPE = "celora_bench.rep"
 LAUNCH_MARGIN = 0.25   # wall time over kernel time by more than 25%: the row is launch-bound
 
