@@ -142,9 +142,9 @@ def _add_components(case: Case, layer: core.CELoRALinear, x, gy, y_kept, target:
         target.parts["bwd.grad_h"] = lambda: layer.fused_grad_h(gy, B)
         target.parts["bwd.grad_x_frozen"] = lambda: layer.grad_x_fused(gy, left, A)
         target.notes["bwd.grad_x_frozen"] = "fused form: G_y[:, I]·rows + T·A0 + G_h·A in one GEMM"
-    target.analytic.update({c: v for c, v in module_flops(layer, case.tokens).items()
-                            if c in target.parts or c == "selection"})
-    target.analytic["fwd+bwd"] = sum(module_flops(layer, case.tokens)[c] for c in COMPONENTS)
+    counts = module_flops(layer, case.tokens)
+    target.analytic.update({c: v for c, v in counts.items() if c in target.parts or c == "selection"})
+    target.analytic["fwd+bwd"] = sum(counts[c] for c in COMPONENTS)
     target.extra["bwd.grad_x_frozen"] = {"k": layer.k, "k_multiple": layer.k_multiple, "p_eff": layer.k / case.m,
                                          "r0": layer.r0, "grad_x_form": form,
                                          "gather": gather.methods_used().get(W0.device.type, "")}

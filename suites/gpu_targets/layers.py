@@ -8,8 +8,6 @@ kernels (reported, no target): the kept-column product per k multiple (1, 8, 16,
 methods per Triton tile, per shape and p."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 import core
@@ -119,7 +117,7 @@ def run_kernels(case: Case, ctx: Context) -> list[Row]:
     fns, facts = {"dense": lambda: torch.mm(G, W)}, {}
     for p in ratios(case.layer):
         for a in MULTIPLES:                                    # k = ceil(p·m) rounded up to a multiple of a
-            k = min(m, -(-math.ceil(p * m) // a) * a)
+            k = core.CELoRAConfig(keep_ratio=p, k_multiple=a).kept(m)
             idx = torch.randperm(m, device=case.device)[:k].sort().values
             rows = W.index_select(0, idx)                      # (k, n)
             fns[f"p{p} kept x{a}"] = lambda idx=idx, rows=rows: torch.mm(G.index_select(1, idx), rows)
