@@ -31,7 +31,7 @@ from celora_bench.render.html import (
     verdict_html,
 )
 from celora_bench.render.tables import GRID_CAPTION, LAUNCH_MARK
-from celora_bench.render.view import STATUS_ORDER, RunView, Section, build
+from celora_bench.render.view import STATUS_ORDER, RunView, Section, build, gpu_name
 from celora_bench.results import Run
 
 
@@ -141,12 +141,12 @@ def side_by_side(runs: list[Run], views: list[RunView], anchors: list[str]) -> s
     for run, v, a, name, vd in zip(runs, views, anchors, names, verdicts):
         n = counts([c for _, c in vd])
         o = run.run.get("options") or {}
-        gpu = v.machine.get("gpu")
-        where = f"{v.machine.get('cpu')}" + (f"; {gpu.get('name')}" if isinstance(gpu, dict) else "")
+        gpu = gpu_name(v.machine)
+        where = f"{v.machine.get('cpu')}" + (f"; {gpu}" if gpu else "")
         out.append(f'<tr><td><a href="#{esc(a)}">{esc(name)}</a></td>'
                    f"<td>{esc(', '.join(s.suite for s in v.sections))}</td>"
                    f"<td>{esc(o.get('device'))}, {esc(o.get('dtype'))}, {esc(o.get('mode'))}</td><td>{esc(where)}</td>"
-                   f"<td>{esc(v.commit[:10])}</td><td>{esc(v.status)}</td>"
+                   f"<td>{esc(v.commit)}</td><td>{esc(v.status)}</td>"
                    + "".join(f'<td class="num">{n[s]}</td>' for s in STATUS_ORDER)
                    + f'<td class="num">{n["measured"]} of {n["total"]}</td></tr>')
     out.append("</tbody></table>")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shlex
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from celora_bench import registry
 from celora_bench.cases import Row
@@ -78,12 +78,17 @@ def suites_of(run: Run) -> list[str]:
 checks_of = registry.checks_of          # the verdict, recomputed from the rows with the current rules
 
 
+def gpu_name(machine_info: dict) -> str | None:
+    gpu = machine_info.get("gpu")
+    return gpu.get("name") if isinstance(gpu, dict) else None
+
+
 def run_where(run: Run) -> str:
     """"cuda bfloat16, NVIDIA H200" / "cpu float32": the device and dtype every table title carries."""
     opts = run.run.get("options") or {}
     devices = sorted({r.case.device for r in run.rows}) or [opts.get("device", "?")]
     dtypes = sorted({r.case.dtype for r in run.rows}) or [opts.get("dtype", "?")]
-    gpu = (run.machine_info.get("gpu") or {}).get("name") if isinstance(run.machine_info.get("gpu"), dict) else None
+    gpu = gpu_name(run.machine_info)
     on_gpu = any(d.startswith("cuda") for d in devices)
     return f"{'/'.join(devices)} {'/'.join(dtypes)}" + (f", {gpu}" if on_gpu and gpu else "")
 
@@ -133,14 +138,14 @@ def section(run: Run, suite: str) -> Section:
     where = run_where(run)
     tables = tuple(own) or ((summary_table(f"{suite}: per case ({where})", rows),) if rows else ())
     timed = [r for r in rows if r.time is not None]
+    roof = roofline_table(f"{suite}: speed of light ({where})", rows, run.machine_info)
+    shown = replace(roof, rows=[r for r in roof.rows if r[2] in ROOFLINE_SHOWN]) if roof is not None else None
     return Section(
         suite=suite, known=known, question=s.QUESTION if s else "", rows=tuple(rows), checks=tuple(checks),
         headline=tuple(s.headline(checks)) if s else (), tables=tables,
         grids=tuple(component_grids(timed)) if s is not None and s.timed else (),
         details=tuple(detail_table(c, comps) for c, comps in sorted(by_case(rows).items(), key=lambda kv: kv[0].id)),
-        roofline=roofline_table(f"{suite}: speed of light ({where})", rows, run.machine_info),
-        roofline_shown=roofline_table(f"{suite}: speed of light ({where})",
-                                      [r for r in rows if r.component in ROOFLINE_SHOWN], run.machine_info),
+        roofline=roof, roofline_shown=shown if roof is not None and shown.rows else None,
         launch_bound=sum(launch_bound(r) for r in rows))
 
 
@@ -151,9 +156,9 @@ def command(run: Run) -> str:
 
 def build(run: Run) -> RunView:
     mi, ci = run.machine_info, run.commit_info
-    gpu = mi.get("gpu") if isinstance(mi.get("gpu"), dict) else {}
+    gpu = gpu_name(mi)
     opts = run.run.get("options") or {}
-    on = gpu.get("name") if opts.get("device") == "cuda" and gpu.get("name") else mi.get("cpu")
+    on = gpu if str(opts.get("device", "")).startswith("cuda") and gpu else mi.get("cpu")
     return RunView(
         path=run.path, name=os.path.basename(run.path),
         label=f"{os.path.basename(run.path)} — {opts.get('device', '?')}, {on or '?'}",
@@ -161,6 +166,6 @@ def build(run: Run) -> RunView:
         commit=f"{(ci.get('id') or '?')[:10]}{' (dirty)' if ci.get('dirty') else ''}", where=run_where(run),
         machine=mi, commit_info=ci, command=command(run), options={k: v for k, v in run.run.items() if k != "argv"},
         machine_line=(f"{mi.get('cpu')}, {mi.get('cores')} cores, {mi.get('threads')} threads, BLAS {mi.get('blas')}, "
-                      f"torch {mi.get('torch')}, malloc {mi.get('malloc')}, GPU {gpu.get('name')}"),
+                      f"torch {mi.get('torch')}, malloc {mi.get('malloc')}, GPU {gpu}"),
         sections=tuple(section(run, s) for s in suites_of(run)),
         errors=tuple((str(e.get("case_id")), str(e.get("error"))) for e in run.errors))
