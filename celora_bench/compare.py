@@ -4,7 +4,8 @@ A rule is METRIC:THRESHOLD%[@FIELD=VALUE[|VALUE],...]:
     time.median, time.min  candidate slower than baseline by more than the threshold
     flops                  FLOPs (analytic and counted) changed by more than the threshold, either way
     memory                 bytes grew by more than the threshold
-    ratio                  ratios of medians measured in the same run (interleaved) grew by more than
+    ratio                  ratios measured in the same run (interleaved; the trimmed mean of the per-round
+                           ratios) grew by more than
                            the threshold: CE-LoRA / dense per component, per layer (2× the threshold
                            where dense takes < 10 ms) and per block (sums over the layers of one
                            configuration); per block, selection / dense G_y·W0 and dense / peft fwd+bwd

@@ -132,9 +132,16 @@ def _exact(r) -> tuple:
     return (r.flops_analytic, r.flops_counted, r.mem_bytes if r.component in ("state", "step.alloc") else None)
 
 
+def narrow_rows(run: Run, filters: list[str] | None) -> Run:
+    """The run limited to the cases whose id contains any filter (``gate -k`` on the candidate)."""
+    if not filters:
+        return run
+    return replace(run, rows=[r for r in run.rows if any(f in r.case.id for f in filters)])
+
+
 def narrow(run: Run, filters: list[str] | None) -> Run:
-    """The run limited to the cases whose id contains any filter, as ``gate -k`` limits the candidate.
-    Block ratios (sums over every layer) cannot be narrowed: they are left out of the comparison."""
+    """The baseline limited as ``gate -k`` limits the candidate, with its ratios: block ratios (sums over
+    every layer) cannot be narrowed, so they are left out of the comparison."""
     if not filters:
         return run
 
@@ -146,7 +153,7 @@ def narrow(run: Run, filters: list[str] | None) -> Run:
                   for k, v in ratios(run.rows).items()]
     meta = {**run.run, "baseline": {**(run.run.get("baseline") or {}),
                                     "ratios": [i for i in stored if kept(i["case_id"])]}}
-    return replace(run, run=meta, rows=[r for r in run.rows if any(f in r.case.id for f in filters)])
+    return replace(narrow_rows(run, filters), run=meta)
 
 
 # ---- the gate's run: which baseline, what is measured, the rechecks, the verdict ------------

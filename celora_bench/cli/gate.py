@@ -13,7 +13,7 @@ Rules (--fail-on, repeatable) are METRIC:N%[@FIELD=VALUE[|VALUE],...]:
   time.median / time.min   candidate slower than the baseline by more than N%
   flops                    FLOPs changed by more than N% (either way); flops:0% is exact
   memory                   bytes grew by more than N%
-  ratio                    CE-LoRA/dense median of the same run grew by more than N%
+  ratio                    CE-LoRA/dense of the same run (per-round trimmed mean) grew by more than N%
 FIELD: suite, provider, component, layer, model, case.
 examples:
   celora-bench compare results/baseline.json new.json
@@ -156,7 +156,7 @@ def cmd_gate(args) -> int:
     if not os.path.exists(baseline):
         raise CLIError(f"no baseline at {baseline!r}; create it with 'celora-bench gate --update-baseline'")
     base = gate.narrow(_load(baseline), args.filter)
-    cand = gate.narrow(cand, args.filter)
+    cand = gate.narrow_rows(cand, args.filter)
     times = gate.recheck_times(args.recheck, from_run=bool(froms))
     try:
         if times and froms:

@@ -63,7 +63,7 @@ def _series(row) -> intervals.Series:
 
 
 def speedup(cases: dict, title: str, path: str) -> str:
-    """Speed-up against p per layer, each point with its 95% interval (bootstrap over the paired rounds)."""
+    """Speed-up against p per layer, each point with its 95% interval (Yuen's interval over the paired rounds)."""
     layers = sorted({c.layer for c in cases}, key=layer_order)
     cols = min(4, len(layers))
     rows_n = (len(layers) + cols - 1) // cols

@@ -6,7 +6,7 @@ For every timed check present in every run: does run i's interval contain the me
 values? An honest 95% interval does so in about 92% of (check, run) pairs when the others are four
 runs (the others' mean has noise of its own, so slightly under 95%). Also: checks that are PASS in one
 run and FAIL in another (none allowed), the share of timed checks each run decided (PASS or FAIL), and
-each run's wall time. Verdicts are recomputed from the rows with the current rules (report.checks_of).
+each run's wall time. Verdicts are recomputed from the rows with the current rules (registry.checks_of).
 """
 from __future__ import annotations
 
