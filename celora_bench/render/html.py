@@ -6,7 +6,7 @@ import html
 from collections import Counter, defaultdict
 
 from celora_bench.render.tables import Table
-from celora_bench.render.view import STATUS_ORDER, STATUS_WORDS, verdict_counts
+from celora_bench.render.view import STATUS_ORDER, STATUS_WORDS, rounds_text, verdict_counts
 from celora_bench.suite import Check
 
 CSS = """
@@ -117,7 +117,7 @@ def verdict_html(checks: list[Check]) -> str:
     for c in checks:
         out.append(f"<tr><td>{esc(c.check)}</td><td>{esc(c.scope)}</td><td>{esc(c.metric)}</td>"
                    f'<td class="num">{value_cell(c)}</td><td>{esc(c.target)}</td><td>{status_html(c.status)}</td>'
-                   f'<td>{esc(c.kind)}</td><td class="num">{c.rounds or ""}</td><td>{esc(c.detail)}</td></tr>')
+                   f'<td>{esc(c.kind)}</td><td class="num">{esc(rounds_text(c))}</td><td>{esc(c.detail)}</td></tr>')
     out.append("</tbody></table></div>")
     return "\n".join(out)
 

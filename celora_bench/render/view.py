@@ -9,6 +9,7 @@ import shlex
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
+from celora_bench import intervals as I
 from celora_bench import registry
 from celora_bench.cases import Row
 from celora_bench.render.tables import (
@@ -38,9 +39,7 @@ def value_text(c: Check) -> str:
         return "—"
     if c.kind != "measured" or c.lo == c.hi and c.lo is not None:
         return f"{c.value:.4g}"
-    if c.lo is None or c.hi is None:
-        return f"{c.value:.4g} [no interval]"
-    return f"{c.value:.4g} [{c.lo:.4g}, {c.hi:.4g}]"
+    return str(I.Interval(c.value, c.lo, c.hi))
 
 
 def rounds_text(c: Check) -> str:
