@@ -212,9 +212,10 @@ def paired_ratio(num: Series, den: Series, level: float = LEVEL) -> Interval | N
 def unpaired_ratio(num: Series, den: Series, level: float = LEVEL) -> Interval:
     """num / den for series timed apart (no shared rounds: e.g. models too large to be alive at once):
     the two trimmed means of the logs and Yuen's two-sample interval (Welch's degrees of freedom)."""
-    m1, se1, df1 = trimmed_se([math.log(v) for v in num.by_round().values()])
-    m2, se2, df2 = trimmed_se([math.log(v) for v in den.by_round().values()])
-    n = min(len(num.by_round()), len(den.by_round()))
+    a, b = num.by_round(), den.by_round()
+    m1, se1, df1 = trimmed_se([math.log(v) for v in a.values()])
+    m2, se2, df2 = trimmed_se([math.log(v) for v in b.values()])
+    n = min(len(a), len(b))
     value = math.exp(m1 - m2)
     if se1 is None or se2 is None:
         return Interval(value, None, None, n)

@@ -12,7 +12,6 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from celora_bench.cli import gate, results, run  # noqa: E402
 from celora_bench.cli.common import EPILOG, CLIError, Parser  # noqa: E402
-from celora_bench.cli.common import _console_null as _console_null  # noqa: E402  (tests silence output with it)
 from celora_bench.cli.common import _device_dtype as _device_dtype  # noqa: E402
 
 COMMANDS = {"list": run.cmd_list, "run": run.cmd_run, "show": results.cmd_show, "export": results.cmd_export,

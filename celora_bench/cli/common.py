@@ -52,12 +52,13 @@ def _recheck(v: str) -> int:
 
 
 def _baseline_runs(v: str) -> int:
+    from celora_bench.gate import MIN_BASELINE_RUNS
     try:
         n = int(v)
     except ValueError:
         n = 0
-    if n < 3:
-        raise argparse.ArgumentTypeError(f"--runs {v!r} is invalid; allowed: an integer >= 3")
+    if n < MIN_BASELINE_RUNS:
+        raise argparse.ArgumentTypeError(f"--runs {v!r} is invalid; allowed: an integer >= {MIN_BASELINE_RUNS}")
     return n
 
 

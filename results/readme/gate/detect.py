@@ -1,4 +1,5 @@
-"""Measures the gate's detection rate near its line and its false-alarm rate, at CI's budget.
+"""Measures the gate's detection rate of a 1.25× slowdown (the ratio 25% up, against its +15% line) and its
+false-alarm rate, at CI's budget. Slowdowns nearer the line are not measured here (--factor 1.18 would measure one).
 
     python results/readme/gate/detect.py --trials 10 --baseline results/baseline.json
 
