@@ -89,6 +89,11 @@ def task(model_path: str | None = None, data: str | None = None, model: str | No
     return t
 
 
+def weights_label(case) -> str:
+    """What the weights are, in the model registry's wording (celora_bench.models.weights_label)."""
+    return models.weights_label(case.model, case.param("path"))
+
+
 def on_layers(plan: dict, layers: str) -> dict:
     """A conversion plan (pattern -> config) restricted to the given decoder blocks ("all" or "0,15,29"):
     pattern "*v_proj" becomes "*.layers.<i>.*v_proj" for each i; other blocks keep their frozen Linear."""

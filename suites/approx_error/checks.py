@@ -4,17 +4,11 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from celora_bench import models
-from celora_bench.cases import Case, Row
+from celora_bench.cases import Row
 from celora_bench.models import PROJECTIONS
 from celora_bench.suite import Check
 from core.config import balanced_rank
 from suites.text_task import RANK
-
-
-def weights_label(case: Case) -> str:
-    """What the weights are, in the model registry's wording (celora_bench.models.weights_label)."""
-    return models.weights_label(case.model, case.param("path"))
 
 
 def _mean_err(rows, **match) -> float | None:

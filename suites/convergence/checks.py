@@ -5,9 +5,9 @@ import math
 import statistics
 
 from celora_bench import intervals as I
-from celora_bench import models
-from celora_bench.cases import Case, Row
+from celora_bench.cases import Row
 from celora_bench.suite import Check
+from suites.text_task import weights_label
 
 ARMS = ("lora", "paper", "all", "no-sample-k", "no-sample-v", "svd0", "tau1", "tau50", "tau1000", "residual_norm")
 
@@ -19,11 +19,6 @@ LOSS_TOL = 0.01          # of LoRA's mean final eval loss
 
 
 ACC_TOL = 1.0            # accuracy points
-
-
-def weights_label(case: Case) -> str:
-    """What the weights are, in the model registry's wording (celora_bench.models.weights_label)."""
-    return models.weights_label(case.model, case.param("path"))
 
 
 def _task_of(r: Row) -> str:
