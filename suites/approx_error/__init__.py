@@ -29,8 +29,7 @@ from core import components as C
 from core import selection
 from core.config import balanced_rank
 from suites import corpora, text_task
-from suites.approx_error.checks import weights_label
-from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ
+from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ, weights_label
 
 NAME = "approx-error"
 DESCRIPTION = "Relative error / cosine of CE-LoRA's G_x and G_A, G_B vs exact, on real gradients from real text"

@@ -10,7 +10,8 @@ from celora_bench.models import PROJECTIONS
 from celora_bench.render.figures import save
 from celora_bench.render.tables import Table
 from core.config import balanced_rank
-from suites.approx_error.checks import RANK, spectra, weights_label
+from suites.approx_error.checks import RANK, spectra
+from suites.text_task import weights_label
 
 
 def spectra_table(rows: list[Row]):

@@ -38,8 +38,8 @@ from celora_bench import distributed, pretrained
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Context, Options
 from suites import arith_task, corpora, text_task
-from suites.convergence.checks import ARMS, TASKS, weights_label
-from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ
+from suites.convergence.checks import ARMS, TASKS
+from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ, weights_label
 
 NAME = "convergence"
 DISTRIBUTED = True             # runs under torchrun with DDP: each rank its own data, losses averaged

@@ -7,7 +7,8 @@ import statistics
 from celora_bench.cases import Row
 from celora_bench.render.figures import save
 from celora_bench.render.tables import Table
-from suites.convergence.checks import ARMS, TASKS, _msd, _smoke, _task_of, delta, finals, weights_label
+from suites.convergence.checks import ARMS, TASKS, _msd, _smoke, _task_of, delta, finals
+from suites.text_task import weights_label
 
 
 def summary_table(rows: list[Row]):
