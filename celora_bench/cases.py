@@ -81,6 +81,7 @@ class Row:
     note: str = ""
     extra: dict = field(default_factory=dict)
     rounds: tuple[int, ...] = ()          # the round of each sample (empty: legacy file, one round per sample)
+    procs: tuple[int, ...] = ()           # the worker process of each sample (empty: all in one process)
 
     @property
     def time(self) -> TimeStats | None:
@@ -89,7 +90,7 @@ class Row:
     @property
     def series(self) -> Series:
         """The samples with their rounds (none in a file written before rounds: it cannot be paired)."""
-        return Series(self.samples, self.rounds)
+        return Series(self.samples, self.rounds, self.procs)
 
     @property
     def kernel(self) -> tuple[float, ...]:
@@ -116,6 +117,7 @@ class Row:
             "unit": "s",
             "samples": list(self.samples),
             "rounds": list(self.rounds),
+            "procs": list(self.procs),
             "median": t.median if t else None,
             "iqr": t.iqr if t else None,
             "min": t.min if t else None,
@@ -133,6 +135,7 @@ class Row:
     def from_json(cls, d: dict) -> "Row":
         return cls(case=Case.from_json(d["case"]), component=d["component"],
                    samples=tuple(d.get("samples") or ()), rounds=tuple(d.get("rounds") or ()),
+                   procs=tuple(d.get("procs") or ()),
                    flops_analytic=d.get("flops_analytic"),
                    flops_counted=d.get("flops_counted"), mem_bytes=d.get("mem_bytes"),
                    mem_what=d.get("mem_what", ""), note=d.get("note", ""), extra=d.get("extra") or {})

@@ -1,8 +1,10 @@
 """torchrun support: one process per rank, results written once, by rank 0, with per-rank timings.
 
-Under torchrun (WORLD_SIZE > 1) the CLI joins the process group (gloo on CPU,
-nccl on CUDA). Every rank runs the same cases in the same order; timing uses
-a fixed number of samples so that every rank makes the same collective calls.
+Under torchrun (WORLD_SIZE > 1) the CLI joins the process group: nccl on CUDA when the
+machine has a GPU per rank (torch.cuda.device_count() >= WORLD_SIZE), gloo on the CPU otherwise
+(two ranks on a one-GPU machine would both need their own device: rank 1 crashes on cuda:1; init refuses
+CUDA there, device_for says which device ranks take). Every rank runs the same cases in the same order;
+timing uses a fixed number of samples so that every rank makes the same collective calls.
 ``wrap`` is the one place a model gets its data parallelism: DDP (every rank
 holds all of W0) or FSDP2 (``fully_shard``: each rank holds 1/world of it).
 """
@@ -21,12 +23,36 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def gpu_per_rank(world: int) -> bool:
+    """True when every one of `world` ranks can have its own CUDA device."""
+    return torch.cuda.is_available() and torch.cuda.device_count() >= world
+
+
+def backend_for(device: str, world: int) -> str:
+    """nccl for CUDA ranks with a GPU each, gloo for everything else."""
+    return "nccl" if device.startswith("cuda") and gpu_per_rank(world) else "gloo"
+
+
+def device_for(world: int) -> str:
+    """The device data-parallel ranks run on: "cuda" with a GPU per rank, else "cpu" (with gloo)."""
+    return "cuda" if gpu_per_rank(world) else "cpu"
+
+
 def init(device: str) -> bool:
-    """Joins the process group when launched by torchrun; returns whether it did."""
-    if world_size_from_env() <= 1:
+    """Joins the process group when launched by torchrun; returns whether it did.
+
+    Raises:
+        ValueError: device is CUDA but the machine has fewer GPUs than ranks (run with --device cpu:
+            the ranks then share the CPU over gloo).
+    """
+    world = world_size_from_env()
+    if world <= 1:
         return False
+    if device.startswith("cuda") and not gpu_per_rank(world):
+        raise ValueError(f"device {device!r} under torchrun needs a CUDA GPU per rank: {world} ranks, "
+                         f"{torch.cuda.device_count()} GPU(s); run with --device cpu (gloo)")
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
+        backend = backend_for(device, world)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)

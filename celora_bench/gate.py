@@ -88,6 +88,26 @@ def recheck(base: Run, cand: Run, findings: list[Finding], rules: list[Rule],
 
 # ---- the baseline ---------------------------------------------------------------------
 
+MACHINE_KEYS = ("cpu", "threads", "blas", "torch")
+
+
+def machine_of(run: Run) -> dict:
+    """What a stored comparison depends on: CPU model, threads, BLAS, torch build and the GPU, if any."""
+    info = run.machine_info or {}
+    out = {k: info.get(k) for k in MACHINE_KEYS}
+    on_gpu = (run.run.get("options") or {}).get("device", "cpu") != "cpu"
+    out["device"] = (info.get("gpu") or {}).get("name") if on_gpu else "cpu"
+    return out
+
+
+def same_machine(base: Run, cand: Run, force: bool = False) -> None:
+    """GateError when base and cand were measured on machines that differ in machine_of (unless force)."""
+    a, b = machine_of(base), machine_of(cand)
+    diff = [f"{k} {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k]]
+    if diff and not force:
+        raise GateError(f"the baseline {base.path!r} was measured on another machine ({'; '.join(diff)}): ratios "
+                        f"move between machines; gate with --against REV here, or pass --force-machine")
+
 MIN_BASELINE_RUNS = 3
 
 

@@ -88,8 +88,12 @@ def prepare(items: list[tuple[Case, Target]], group: int) -> Prepared:
     peaks: list[dict] = []
     for case, target in items:
         peaks.append({name: memory.phase_peak(fn, case.device) for name, fn in target.whole.items()})
-    slots = [Slot(group, case.id, name, fn) for case, target in items for name, fn in target.timed.items()]
-    return Prepared(items, profs, totals, peaks, slots, alone)
+    return Prepared(items, profs, totals, peaks, slots_of(items, group), alone)
+
+
+def slots_of(items: list[tuple[Case, Target]], group: int) -> list[Slot]:
+    """A timing slot per timed callable of every case (a worker that only times needs nothing else)."""
+    return [Slot(group, case.id, name, fn) for case, target in items for name, fn in target.timed.items()]
 
 
 def rows(p: Prepared) -> list[Row]:
@@ -118,7 +122,7 @@ def rows(p: Prepared) -> list[Row]:
             src = slot.get((case.id, source))
             if src is not None:
                 out.append(Row(case, name, tuple(t / divisor for t in src.samples), note=f"{source} / {divisor}",
-                               rounds=tuple(src.rounds)))
+                               rounds=tuple(src.rounds), extra={"amortized_from": [source, divisor]}))
         for name in target.whole:
             peak, what = p.peaks[i][name]
             whole_total = name == target.count_row and has_count

@@ -60,7 +60,7 @@ def load(mod) -> Loaded:
         NAME=mod.NAME, DESCRIPTION=mod.DESCRIPTION, QUESTION=getattr(mod, "QUESTION", mod.DESCRIPTION),
         DISTRIBUTED=getattr(mod, "DISTRIBUTED", False), FSDP=getattr(mod, "FSDP", False),
         JUDGED=tuple(getattr(mod, "JUDGED", DEFAULT_JUDGED)),
-        PLOT_CAPTIONS=dict(getattr(mod, "PLOT_CAPTIONS", {})),
+        PLOT_CAPTIONS=dict(getattr(mod, "PLOT_CAPTIONS", {})), WORKERS=bool(getattr(mod, "WORKERS", False)),
         cases=mod.cases, verdict=mod.verdict, setup=setup, run_case=run_case,
         group_key=getattr(mod, "group_key", _own_group), tables=getattr(mod, "tables", _no_tables),
         plots=getattr(mod, "plots", _no_plots), headline=getattr(mod, "headline", _no_headline))

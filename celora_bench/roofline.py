@@ -152,6 +152,27 @@ def ridge(peaks: Peaks) -> float:
     return peaks.flops_per_s / peaks.bytes_per_s
 
 
+ROOF_GEMM, ROOF_STREAM = "roof.gemm", "roof.stream"     # rows a suite times in its rounds (suites/layer_bench)
+OVER_ROOF = 1.05        # a compute-bound component above this SOL means the roof was measured too low
+
+
+def peaks_in(rows, machine_info: dict | None = None) -> Peaks | None:
+    """The roofs measured in the run's rounds: the best sample over the whole run (every worker process) of
+    the GEMM timed at each layer's G_y·W0 shape, and of the STREAM copy; the start calibration
+    (peaks_of) where the rows have none (files from before roofs were timed in rounds)."""
+    gemm = [(r.flops_analytic / min(r.samples), r) for r in rows
+            if r.component == ROOF_GEMM and r.samples and r.flops_analytic]
+    stream = [(r.extra["bytes_analytic"] / min(r.samples), r) for r in rows
+              if r.component == ROOF_STREAM and r.samples and r.extra.get("bytes_analytic")]
+    if not gemm or not stream:
+        return peaks_of(machine_info or {})
+    flops, g = max(gemm, key=lambda x: x[0])
+    bw, c = max(stream, key=lambda x: x[0])
+    case = g.case
+    return Peaks(case.device, case.dtype, (machine_info or {}).get("threads", 0), flops, bw, case.m,
+                 tuple(g.samples), c.extra["bytes_analytic"] // 2, tuple(c.samples), ())
+
+
 def peaks_of(machine_info: dict) -> Peaks | None:
     """The run's calibrated peaks from its machine record (None: a run from before calibration, or it failed)."""
     d = (machine_info or {}).get("roofline")

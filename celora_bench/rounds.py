@@ -50,13 +50,14 @@ class Slot:
 class Sampler:
     """Runs rounds over slots; each round appends one sample (and its round number) to every slot it visits."""
 
-    def __init__(self, slots: Iterable[Slot], device: str, budget: TimingBudget, threads: int, seed: int):
+    def __init__(self, slots: Iterable[Slot], device: str, budget: TimingBudget, threads: int, seed: int,
+                 first_round: int = 0):
         self.slots = list(slots)
         self.device = device
         self.budget = budget
         self.threads = threads
         self.rng = random.Random(seed)
-        self.done = 0                       # rounds run so far
+        self.done = first_round             # the next round's number: one numbering over the whole run
 
     def warm_up(self) -> None:
         """An unrecorded round over every slot (CUDA: cuda_warmup calls each) right before the first:
@@ -93,9 +94,10 @@ class Sampler:
                 out.append(duet)
         return out
 
-    def round(self, keys: set[tuple[str, str]] | None = None) -> int:
-        """One round over the slots whose (case id, component) is in keys (None: all). Returns its number."""
-        r = self.done
+    def round(self, keys: set[tuple[str, str]] | None = None, number: int | None = None) -> int:
+        """One round over the slots whose (case id, component) is in keys (None: all), numbered `number`
+        (default: the next). Returns its number."""
+        r = self.done if number is None else number
         fixed = self.budget.fixed is not None
         with benchmark.utils.common.set_torch_threads(self.threads):
             visits = self.order(keys)
@@ -106,7 +108,7 @@ class Sampler:
                     for s in duet:
                         s.samples.append(timing.cpu_block(s.fn, self.budget.block_s, one_call=fixed))
                         s.rounds.append(r)
-        self.done += 1
+        self.done = r + 1
         return r
 
     def _cuda_round(self, visits: list[list[Slot]], r: int) -> None:

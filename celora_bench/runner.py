@@ -28,14 +28,18 @@ from typing import Callable
 
 import torch
 
-from celora_bench import distributed, malloc, memory, registry, results, roofline
+from celora_bench import device_memory, distributed, malloc, memory, registry, results, roofline
+from celora_bench import intervals as I
 from celora_bench.cases import Case
-from celora_bench.measure import Prepared, prepare, rows
-from celora_bench.rounds import Sampler
+from celora_bench.chunk import ChunkFailed, InProcess, Workers, case_bytes
+from celora_bench.measure import Prepared, prepare
 from celora_bench.suite import Context, Options, budget_for
 from celora_bench.timing import TimingBudget
+from celora_bench.workers import WorkerError
 
 CHUNK_RSS_FRACTION = 0.4      # set up groups until the process holds this share of the machine's memory
+WORKER_FRACTION = 0.7         # worker processes: every worker holds the chunk; all of them together this share
+THIN = 3                      # a decided check's series still get every THIN-th extension round (see _measure)
 
 
 # What one case may raise and still leave the run going: any error (out of memory, a bad shape, a kernel
@@ -93,7 +97,7 @@ def run(suite_names: list[str], opts: Options, out: str, *, filt=None,
         malloc.tune()
     if threads:
         torch.set_num_threads(threads)
-    budget = budget or budget_for(opts.mode)
+    budget = budget or budget_for(opts.mode, opts.device)
     if distributed.world_size_from_env() > 1:
         for name in suite_names:
             if not registry.get(name).DISTRIBUTED:
@@ -158,23 +162,33 @@ def _on_sigterm():
 
 
 class _State:
-    """The chunk being built and measured."""
+    """The chunk being built and measured: groups set up here (_InProcess) or cases handed to worker
+    processes (_Workers, the CPU default for suites that allow it)."""
 
     def __init__(self, run_: results.Run, ctx: Context, seed: int, t_start: float, on_case, log):
         self.run_, self.ctx, self.seed, self.t_start = run_, ctx, seed, t_start
         self.on_case, self.log = on_case, log
         self.suite = None
         self.chunk: list[Prepared] = []
-        self.sampler: Sampler | None = None
+        self.cases: list[Case] = []                 # a worker chunk: cases not yet set up anywhere
+        self.next_round = 1 + max((r for row in run_.rows for r in row.rounds), default=-1)
+
+    def _workers(self, suite) -> int:
+        b, opts = self.ctx.budget, self.ctx.options
+        ok = suite.WORKERS and b.fixed is None and not distributed.active() and not opts.device.startswith("cuda")
+        return b.workers if ok else 1
 
     def add(self, suite, cases: list[Case]) -> None:
-        """Sets up one group; measures the chunk first when this group belongs to another suite or the
-        machine's memory is taken."""
-        if self.chunk and (suite is not self.suite or self._full()):
+        """Sets up one group (or queues it for the workers); measures the chunk first when this group
+        belongs to another suite or the machine's memory is taken."""
+        if (self.chunk or self.cases) and (suite is not self.suite or self._full(suite, cases)):
             self.flush()
         self.suite = suite
         if not suite.timed:
             self._run_cases(suite, cases)
+            return
+        if self._workers(suite) > 1:
+            self.cases += cases
             return
         items = []
         for case in cases:
@@ -198,9 +212,12 @@ class _State:
     def _say(self, msg: str) -> None:
         self.log(f"[{time.perf_counter() - self.t_start:5.1f} s] {msg}")
 
-    def _full(self) -> bool:
-        used, total = memory.rss_and_total()
-        return used is not None and total is not None and used > CHUNK_RSS_FRACTION * total
+    def _full(self, suite, more: list[Case]) -> bool:
+        if self.cases:                      # workers: each holds the chunk; estimate before setting up
+            n = self._workers(suite)
+            total = memory.rss_and_total()[1] or float("inf")
+            return n * sum(map(case_bytes, self.cases + more)) > WORKER_FRACTION * total
+        return device_memory.over_chunk_limit(self.ctx.options.device, CHUNK_RSS_FRACTION)
 
     def _run_cases(self, suite, cases: list[Case]) -> None:
         """Suites that measure something else (run_case): one case at a time."""
@@ -217,65 +234,90 @@ class _State:
     def flush(self, stopping: bool = False) -> None:
         """Measures the chunk and frees it; stopped (now, or while measuring), saves what its rounds
         measured so far and marks its cases partial, for a resume to measure again."""
-        if not self.chunk:
+        if not (self.chunk or self.cases):
             return
         t0 = time.perf_counter()
+        seed = self.seed + len(self.run_.rows)          # another random order for every chunk
+        ctx = self.ctx
+        if self.cases:
+            ex = Workers(self.cases, self._workers(self.suite), self.suite.NAME, ctx.options.device, ctx.threads,
+                         self.run_.machine_info.get("malloc", "default") != "default", ctx.budget, seed,
+                         self._say, self.run_.errors)
+        else:
+            ex = InProcess(self.chunk, ctx.options.device, ctx.budget, ctx.threads, seed, self.next_round)
         partial = stopping
         try:
             if not stopping:
-                self._measure()
+                ex.start()
+                self._measure(ex)
+        except ChunkFailed:
+            pass
+        except WorkerError as e:                     # a worker died mid-run: keep what the rounds measured
+            partial = True
+            for case in ex.cases:
+                _record_error(self.run_, case, e)
         except KeyboardInterrupt:
             partial = True
             raise
         finally:
-            got = [r for p in self.chunk for r in rows(p)]
+            got = ex.rows()
             if partial:
                 ids = {r.case.id for r in got}
                 self.run_.run["partial_cases"] = sorted(set(self.run_.run.get("partial_cases", [])) | ids)
             self.run_.add(_with_ranks(got))
-            cases = [c for p in self.chunk for c, _ in p.items]
-            self.chunk, self.sampler = [], None
+            cases = ex.cases
+            ex.close()
+            self.chunk, self.cases = [], []
             gc.collect()                 # free this chunk's models before the next is built,
             malloc.trim()                # and hand their pages back: the next starts from a clean heap
+            if self.ctx.options.device.startswith("cuda"):
+                torch.cuda.empty_cache()  # free memory, as the next chunk's limit reads it, counts the reserve
         if self.on_case:
             for case in cases:
-                self.on_case(case, (time.perf_counter() - t0) / len(cases))
+                self.on_case(case, (time.perf_counter() - t0) / max(1, len(cases)))
 
-    def _measure(self) -> None:
+    def _round(self, ex, keys) -> None:
+        ex.round(self.next_round, keys)
+        self.next_round += 1
+
+    def _measure(self, ex) -> None:
+        """Rounds: budget.all_rounds of every timed callable, then budget.rounds of those the verdict reads;
+        then a look at each stage (intervals at the interim level, celora_bench.intervals): series of
+        checks still within noise get every round of the next stage, series of decided checks every
+        THIN-th one, so every check's rounds span the whole run and a drift over it cannot bias an early
+        decision."""
         b, suite = self.ctx.budget, self.suite
-        slots = [s for p in self.chunk for s in p.slots]
-        seed = self.seed + len(self.run_.rows)          # another random order for every chunk
-        self.sampler = sampler = Sampler(slots, self.ctx.options.device, b, self.ctx.threads, seed)
-        sampler.warm_up()
-        judged_names = suite.JUDGED
-        judged = {s.key for s in slots if s.name in judged_names}
+        judged = {k for k in ex.keys if k[1] in suite.JUDGED}
         base = b.fixed or b.rounds
         for r in range(base):
-            sampler.round(None if b.fixed or r < b.all_rounds else judged)
-        self._say(f"{len(self.chunk)} groups: {base} rounds ({b.all_rounds} of every component)")
+            self._round(ex, None if b.fixed or r < b.all_rounds else judged)
+        self._say(f"{ex.label}: {base} rounds ({b.all_rounds} of every component)")
         done = base
         for total in () if b.fixed else b.stages:
-            keys = self._undecided(slots)
+            keys = self._undecided(ex)
             if not keys:
                 break
             if b.max_run_s is not None and time.perf_counter() - self.t_start > b.max_run_s:
                 self._say(f"run time budget {b.max_run_s:g} s spent: {len(keys)} series stay undecided")
                 break
             self._say(f"{len(keys)} series read by undecided checks: rounds {done + 1}-{total}")
-            for _ in range(total - done):
+            for r in range(done, total):
                 if b.max_run_s is not None and time.perf_counter() - self.t_start > b.max_run_s:
                     break
-                sampler.round(keys)
+                self._round(ex, keys | judged if r % THIN == 0 else keys)
             done = total
 
-    def _undecided(self, slots) -> set[tuple[str, str]]:
-        """(case id, component) of every series a timed, undecided check reads."""
-        verdict = self.suite.verdict([r for p in self.chunk for r in rows(p)], self.run_.machine_info)
-        have = {s.key for s in slots}
-        keys = set()
+    def _undecided(self, ex) -> set[tuple[str, str]]:
+        """(case id, component) of every series a timed check still within noise reads, at the interim level;
+        each look is recorded in the run (run["looks"]: its round count and the checks it left undecided)."""
+        with I.interim():
+            verdict = self.suite.verdict(ex.rows(), self.run_.machine_info)
+        keys, open_ = set(), []
         for c in verdict:
             if c.status == "NOISE" and c.kind == "measured":
-                keys |= {k for k in c.reads if k in have}
+                keys |= {k for k in c.reads if k in ex.keys}
+                open_.append([c.check, c.scope, c.metric])
+        self.run_.run.setdefault("looks", []).append({"round": self.next_round, "undecided": open_})
         return keys
 
 

@@ -7,13 +7,14 @@ attributes and never probes a module or imports a suite by name.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from celora_bench.timing import TimingBudget
 
-MODES = ("quick", "full")
+MODES = ("quick", "medium", "full")        # medium: convergence on a real model in about an hour of CPU
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -60,7 +61,7 @@ class Check:
 
     status: PASS (the whole interval clears the line), FAIL (the whole interval
     misses it), NOISE ("within noise": the interval straddles the line) or INFO
-    (reported, no target). lo, hi: the 95% interval of a timed value (None for
+    (reported, no target). lo, hi: the 95.5% interval of a timed value (None for
     exact quantities, or too few rounds). kind: "measured" (a timed value judged
     against a line), "exact" (a count that must equal its rule, e.g. counted FLOPs
     == analytic) or "info" (context, judged by nothing).
@@ -91,15 +92,28 @@ class Check:
         return d
 
 
-def budget_for(mode: str) -> TimingBudget:
-    """Rounds per mode (celora_bench.rounds). Quick: 3 rounds of every component, 8 of those a verdict
-    reads, extended to 16 and then 24 rounds for checks still within noise, while the run is under
-    150 s (the README's first command must finish in under 3 minutes on a 2-core machine).
-    Full: 4, 10, extended to 20 and 30, no run-time limit."""
+# CUDA quick: one look after the base rounds and one extension, under 25 s of run time, so that
+# scripts/gpu_check.sh's steps (40-50 s each, set-up included) end with their rounds measured
+CUDA_QUICK = TimingBudget(all_rounds=2, rounds=6, stages=(12,), max_run_s=25.0, cuda_warmup=3, cuda_reps=5)
+DEFAULT_WORKERS = 4      # each holds every case of a chunk: the 24 quick cases take 3.6-3.9 GB per worker
+WORKERS_ENV = "CELORA_BENCH_WORKERS"     # another worker count (run --workers N sets it; the tests set 1)
+
+
+def budget_for(mode: str, device: str = "cpu") -> TimingBudget:
+    """Rounds per mode (celora_bench.rounds), dealt to 4 worker processes where the suite allows it
+    (celora_bench.workers). Quick: 2 rounds of every component, 6 of those a verdict reads,
+    extended to 12, 18, 24, 32 and 40 rounds for checks still within noise (MAX_LOOKS = 6 looks in all,
+    celora_bench.intervals), while the run is under 150 s (the README's first command must finish in
+    under 3 minutes on a 2-core machine). Full: 4, 12, extended to 24 and 36, no run-time limit. CUDA quick:
+    CUDA_QUICK (in one process: CUDA runs use no workers)."""
+    workers = int(os.environ.get(WORKERS_ENV, DEFAULT_WORKERS))
+    if mode == "quick" and device.startswith("cuda"):
+        return CUDA_QUICK
     if mode == "quick":
-        return TimingBudget(all_rounds=2, rounds=6, stages=(12, 18, 24, 32, 40), max_run_s=160.0, block_s=0.03,
-                            cuda_warmup=3, cuda_reps=5)
-    return TimingBudget(all_rounds=4, rounds=10, stages=(20, 30), block_s=0.05, cuda_warmup=5, cuda_reps=10)
+        return TimingBudget(all_rounds=2, rounds=6, stages=(12, 18, 24, 32, 40), max_run_s=150.0, block_s=0.03,
+                            cuda_warmup=3, cuda_reps=5, workers=workers)
+    return TimingBudget(all_rounds=4, rounds=12, stages=(24, 36), block_s=0.05, cuda_warmup=5, cuda_reps=10,
+                        workers=workers)
 
 
 class Suite(Protocol):
@@ -113,6 +127,7 @@ class Suite(Protocol):
     FSDP: bool                            # or sharded by FSDP2 with --fsdp (default False)
     JUDGED: tuple[str, ...]               # components its verdict reads: they get the extra rounds
     PLOT_CAPTIONS: dict[str, str]         # plot file-name prefix -> what the plot shows (default {})
+    WORKERS: bool                         # its cases may be set up in worker processes (default False)
 
     def cases(self, opts: Options) -> list: ...                          # its sweep, declared once
     def verdict(self, rows: list, machine: dict | None = None) -> list[Check]: ...
@@ -136,6 +151,7 @@ class Loaded:
     FSDP: bool
     JUDGED: tuple[str, ...]
     PLOT_CAPTIONS: dict
+    WORKERS: bool
     cases: Callable
     verdict: Callable
     setup: Callable | None

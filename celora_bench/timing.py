@@ -64,6 +64,7 @@ class TimingBudget:
     cuda_warmup: calls of each callable before its first round (CUDA).
     cuda_reps: calls per CUDA block (one pair of events around them).
     fixed: exactly this many rounds of one-call blocks, no extension (data-parallel ranks must agree).
+    workers: fresh worker processes the rounds are dealt to (celora_bench.workers; 1: in this process).
     """
 
     all_rounds: int = 3
@@ -74,6 +75,7 @@ class TimingBudget:
     cuda_warmup: int = 3
     cuda_reps: int = 10
     fixed: int | None = None
+    workers: int = 1
 
     def __post_init__(self):
         if not 1 <= self.all_rounds <= self.rounds:
@@ -82,6 +84,8 @@ class TimingBudget:
         if list(self.stages) != sorted(set(self.stages)) or (self.stages and self.stages[0] <= self.rounds):
             raise ValueError(f"TimingBudget stages={self.stages} is invalid; allowed: increasing totals "
                              f"above rounds={self.rounds}")
+        if self.workers < 1:
+            raise ValueError(f"TimingBudget workers={self.workers} is invalid; allowed: >= 1")
         if self.block_s <= 0 or self.cuda_reps < 1 or self.cuda_warmup < 0:
             raise ValueError(f"TimingBudget block_s={self.block_s}, cuda_reps={self.cuda_reps}, "
                              f"cuda_warmup={self.cuda_warmup} is invalid; allowed: block_s > 0, "
@@ -135,20 +139,56 @@ def call_seconds(fn: Callable[[], object], device: str) -> float:
 
 REP_SCOPE = "celora_bench.rep"
 LAUNCH_MARGIN = 0.25   # wall time over kernel time by more than 25%: the row is launch-bound
+# The profiler's own events, which can carry device time (1.2 ms once on torch 2.11 with CUDA) or wrap the
+# whole session: never a call's work.
+BOOKKEEPING = ("ProfilerStep", "[memory]", "[OutOfMemory]", "Activity Buffer Request", "Lazy Function Loading",
+               "Iteration Start", "Record Window End", "Buffer Flush", "CUPTI", "Overhead")
+HOST_KINDS = ("cpu_op", "user_annotation")           # activity types of host ops a call runs
+DEVICE_KINDS = ("kernel", "gpu_memcpy", "gpu_memset")  # activity types of device work (not annotations)
+
+
+@dataclass(frozen=True)
+class KernelCount:
+    """Device work of one call, counted from the device's events (celora_bench.timing.kernel_counts).
+
+    seconds: what kernel_times reports. CUDA: every kernel, copy and set on the device that started between
+        the call's start and the next call's (each call is followed by a synchronize), whichever thread
+        launched it and whether or not the profiler links it to a host op. CPU: the time inside the call's
+        top-level aten ops.
+    host_s: CUDA, the part of that device work the profiler links to host ops (any thread, the profiler's
+        bookkeeping excluded) that started inside the call. CPU: seconds.
+    unlinked_s: CUDA, device work in the call's window linked to no such host op (e.g. Triton kernels
+        launched through the driver API); counted in seconds all the same. CPU: 0.
+    """
+
+    seconds: float
+    host_s: float
+    unlinked_s: float = 0.0
+
+    def agrees(self, tolerance: float = 0.03) -> bool:
+        """The cross-check: the window's device work is this call's linked work plus the unlinked, within the
+        tolerance (a kernel of another call in the window, or one of this call outside it, breaks it)."""
+        return abs(self.seconds - self.host_s - self.unlinked_s) <= tolerance * self.seconds + 1e-9
 
 
 def kernel_times(fns: Sequence[Callable[[], object]], device: str) -> list[float]:
-    """Seconds of device work of one call of each fn, from one profiler session over all of them.
+    """Seconds of device work of one call of each fn, from one profiler session over all of them
+    (KernelCount.seconds of kernel_counts)."""
+    return [c.seconds for c in kernel_counts(fns, device)]
 
-    CUDA: the device time of every kernel launched while the call ran, from any thread. Autograd
-    runs a CUDA backward on its own device thread, whose ops are not under a scope opened on the
-    calling thread, so the kernels are attributed by time window: every top-level host op (of any
-    thread) that started inside the call's window counts with all the device time it launched.
-    CPU: the same windows over the time spent inside top-level aten ops (the compute and its
-    dispatch; the Python between ops is left out). Compared with the wall time, what is left is
-    host overhead: launch latency, Python, synchronisation.
+
+def kernel_counts(fns: Sequence[Callable[[], object]], device: str) -> list[KernelCount]:
+    """Device work of one call of each fn, from one profiler session over all of them.
+
+    CUDA: the device-side events (kernels, copies, sets: not annotations, not the profiler's overhead) in
+    each call's time window, whichever thread launched them (autograd runs a CUDA backward on its own
+    device thread, whose ops are not under a scope opened on the calling thread) and whether or not the
+    profiler links them to a host op; beside it, the part linked to the call's host ops (the cross-check).
+    The host ops' own device_time_total is not read: a record_function scope's device-side annotation and
+    the profiler's bookkeeping events carry device time there (1.2 ms once), counted twice.
+    CPU: the time spent inside top-level aten ops (the compute and its dispatch; the Python between ops is
+    left out). Compared with the wall time, what is left is host overhead.
     """
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from celora_bench.flops import _quiet_stderr
@@ -161,20 +201,65 @@ def kernel_times(fns: Sequence[Callable[[], object]], device: str) -> list[float
                 fn()
             if cuda:
                 torch.cuda.synchronize()
-    events = [e for e in prof.events() if e.device_type == DeviceType.CPU]
-    windows = {}
+    return count_events(list(prof.events()), len(fns), cuda)
+
+
+def count_events(events: list, calls: int, cuda: bool) -> list[KernelCount]:
+    """kernel_counts from a profile's events (torch's FunctionEvent; anything with the same fields)."""
+    from torch.autograd import DeviceType
+
+    host = [e for e in events if e.device_type == DeviceType.CPU and not getattr(e, "is_async", False)]
+    starts = sorted(((e.time_range.start, e.time_range.end, int(e.name.rsplit(".", 1)[1]))
+                     for e in host if e.name.startswith(REP_SCOPE + ".")))
+    windows = [(i, t0, t1, starts[j + 1][0] if j + 1 < len(starts) else float("inf"))
+               for j, (t0, t1, i) in enumerate(starts)]
+
+    def call_of(t: float, device_side: bool) -> int | None:
+        """The call whose window holds t: host, inside its scope; device, up to the next call's start
+        (its kernels may finish after the scope closes, never after the synchronize that follows)."""
+        for i, t0, t1, nxt in windows:
+            if t0 <= t <= t1 or (device_side and t0 <= t < nxt):
+                return i
+        return None
+
+    seconds, linked, unlinked = [0.0] * calls, [0.0] * calls, [0.0] * calls
+    if not cuda:
+        for e in host:
+            i = call_of(e.time_range.start, False) if _outermost(e) else None
+            if i is not None:
+                seconds[i] += e.cpu_time_total / 1e6
+        return [KernelCount(s, s) for s in seconds]
+    call_of_op = {}                                    # host op id -> the call it started in
+    for e in host:
+        if getattr(e, "activity_type", None) in (None, *HOST_KINDS) and not _bookkeeping(e) \
+                and not e.name.startswith(REP_SCOPE):
+            i = call_of(e.time_range.start, False)
+            if i is not None:
+                call_of_op[e.id] = i
     for e in events:
-        if e.name.startswith(REP_SCOPE + "."):
-            windows[int(e.name.rsplit(".", 1)[1])] = (e.time_range.start, e.time_range.end)
-    out = [0.0] * len(fns)
-    for e in events:
-        if not _outermost(e, cuda):
+        if e.device_type == DeviceType.CPU or not _device_work(e):
             continue
-        for i, (t0, t1) in windows.items():
-            if t0 <= e.time_range.start <= t1:
-                out[i] += (e.device_time_total if cuda else e.cpu_time_total) / 1e6
-                break
-    return out
+        d, i = (e.time_range.end - e.time_range.start) / 1e6, call_of(e.time_range.start, True)
+        j = call_of_op.get(getattr(e, "linked_correlation_id", 0))
+        if i is not None:
+            seconds[i] += d
+        if j is not None:
+            linked[j] += d
+        elif i is not None:
+            unlinked[i] += d
+    return [KernelCount(s, h, u) for s, h, u in zip(seconds, linked, unlinked)]
+
+
+def _bookkeeping(e) -> bool:
+    return any(e.name.startswith(b) for b in BOOKKEEPING)
+
+
+def _device_work(e) -> bool:
+    """A device event that is work (a kernel, copy or set), not an annotation or the profiler's own."""
+    kind = getattr(e, "activity_type", None)
+    if kind is not None:
+        return kind in DEVICE_KINDS and not _bookkeeping(e)
+    return not getattr(e, "is_user_annotation", False) and not _bookkeeping(e)
 
 
 def _all_threads() -> dict:
@@ -186,14 +271,14 @@ def _all_threads() -> dict:
         return {}
 
 
-def _outermost(e, cuda: bool) -> bool:
-    """Counted once: CUDA, a host op with no parent but the rep scope (its device time includes its
-    children's kernels); CPU, an aten op with no aten op above it (autograd's node scopes sit between)."""
-    if e.name.startswith(REP_SCOPE) or not (cuda or e.name.startswith("aten::")):
+def _outermost(e) -> bool:
+    """A CPU call's op time is counted once: an aten op with no aten op above it (autograd's node scopes sit
+    between), the profiler's bookkeeping left out."""
+    if not e.name.startswith("aten::") or _bookkeeping(e):
         return False
     p = e.cpu_parent
     while p is not None:
-        if (cuda and not p.name.startswith(REP_SCOPE)) or p.name.startswith("aten::"):
+        if p.name.startswith("aten::"):
             return False
         p = p.cpu_parent
     return True

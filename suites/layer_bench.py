@@ -4,6 +4,8 @@ Shared by every layer-level suite: the same setup feeds timing, FLOPs and memory
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -16,6 +18,7 @@ from core import components as C
 from core import gather
 from core.flops import COMPONENTS, layer_flops, module_flops
 from core.traffic import layer_bytes, module_bytes
+from suites import factors
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
@@ -42,6 +45,19 @@ def peft_linear(base: nn.Linear, rank: int, alpha: float, autocast: bool = True)
     return peft.get_peft_model(_Wrap(lin), cfg, autocast_adapter_dtype=autocast).base_model.model.lin
 
 
+@functools.cache
+def _data(m: int, n: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """W0, x and G_y of one shape in fp32 on the CPU, drawn once per process (seed 0): every provider of the
+    shape gets its own copy of the same values."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(m, n, generator=g) / n ** 0.5
+    x = torch.randn(tokens, n, generator=g)
+    # heavy-tailed per-feature gradient scales, as real G_y has (the brief's lognormal)
+    scale = torch.exp(torch.randn(m, generator=g))
+    gy = torch.randn(tokens, m, generator=g) * scale
+    return w, x, gy
+
+
 def config_of(case: Case) -> core.CELoRAConfig:
     """The layer's config; params lora_rank overrides the LoRA rank (the reference setting: r0 = r = 56
     against a dense r = 64), alpha staying 2r; params grad_x_form picks the G_x form (default: the
@@ -55,21 +71,20 @@ def config_of(case: Case) -> core.CELoRAConfig:
 def build(case: Case):
     """(module, x, gy): the layer under test and a realistic input and output gradient."""
     dtype, device = DTYPES[case.dtype], torch.device(case.device)
-    g = torch.Generator().manual_seed(0)
-    base = nn.Linear(case.n, case.m, bias=False)
-    with torch.no_grad():
-        base.weight.copy_(torch.randn(case.m, case.n, generator=g) / case.n ** 0.5)
-    base = base.to(device=device, dtype=dtype)
-    x = torch.randn(case.tokens, case.n, generator=g).to(device=device, dtype=dtype).requires_grad_(True)
-    # heavy-tailed per-feature gradient scales, as real G_y has (the brief's lognormal)
-    scale = torch.exp(torch.randn(case.m, generator=g))
-    gy = (torch.randn(case.tokens, case.m, generator=g) * scale).to(device=device, dtype=dtype)
+    w, x0, gy0 = _data(case.m, case.n, case.tokens)
+    base = nn.Linear(case.n, case.m, bias=False, device="meta")
+    base.weight = nn.Parameter(w.to(device=device, dtype=dtype, copy=True), requires_grad=False)
+    x = x0.to(device=device, dtype=dtype, copy=True).requires_grad_(True)
+    gy = gy0.to(device=device, dtype=dtype, copy=True)
     if case.provider == "peft":
         module = peft_linear(base, case.rank, ALPHA_PER_RANK * case.rank)
         lora_B = module.lora_B["default"].weight
     else:
-        module = core.CELoRALinear.from_linear(base, config_of(case))
+        # cheap double-LoRA factors: time and FLOPs depend on their shapes, not their values (the exact SVD of
+        # a 2048x8192 W0 took 7.7 s on 2 cores, once per case and worker); accuracy suites keep svd_split
+        module = core.CELoRALinear.from_linear(base, config_of(case), factors.lowrank_split)
         lora_B = module.lora_B
+    g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # peft and we both init B to zeros; a trained B is not zero
         lora_B.copy_(torch.randn(lora_B.shape, generator=g).to(lora_B) * 0.01)
     return module, x, gy
@@ -111,7 +126,33 @@ def setup(case: Case) -> Target:
         target.notes["fwd+bwd"] = "peft: autograd's backward, not split into components"
         return target
     _add_components(case, module, x, gy, y_kept, target)
+    if case.provider == "dense":
+        _add_roofs(case, module, gy, target)
     return target
+
+
+STREAM_BYTES = 64 << 20     # per array: far above this machine's last-level cache
+
+
+@functools.cache
+def _stream_arrays(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    n = STREAM_BYTES // 4
+    return torch.ones(n, device=device), torch.empty(n, device=device)
+
+
+def _add_roofs(case: Case, layer, gy, target: Target) -> None:
+    """The machine's roofs measured in the rounds, like every component (celora_bench.roofline.peaks_in):
+    a plain GEMM at G_y·W0's own shape, (N, m)·(m, n), and a STREAM copy; their best sample over the run
+    is the peak the speed-of-light rows are judged against."""
+    out = torch.empty(case.tokens, case.n, device=gy.device, dtype=gy.dtype)
+    src, dst = _stream_arrays(case.device)
+    W0 = layer.weight
+    target.parts["roof.gemm"] = lambda: torch.mm(gy, W0, out=out)
+    target.parts["roof.stream"] = lambda: dst.copy_(src)
+    target.analytic.update({"roof.gemm": 2 * case.tokens * case.m * case.n, "roof.stream": 0})
+    size = gy.element_size()
+    target.bytes.update({"roof.gemm": size * (case.tokens * case.m + case.m * case.n + case.tokens * case.n),
+                         "roof.stream": 2 * STREAM_BYTES})
 
 
 def _add_components(case: Case, layer: core.CELoRALinear, x, gy, y_kept, target: Target) -> None:

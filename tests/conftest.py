@@ -1,5 +1,11 @@
+import os
+
 import pytest
 import torch
+
+# Runs in tests measure in-process (their monkeypatches reach the code measured, and a run starts in a
+# second instead of six worker start-ups); tests/test_workers.py sets its own worker counts.
+os.environ["CELORA_BENCH_WORKERS"] = "1"
 
 
 @pytest.fixture(autouse=True)

@@ -82,3 +82,43 @@ def test_calibrate_command_prints_the_roofs_and_its_sanity_check(capsys, monkeyp
     monkeypatch.setattr(roofline, "calibrate", lambda d, t, th, gemm_n=None, **kw: fake(d, t, th, gemm_n, 50e9))
     assert cli.main(["calibrate", "--device", "cpu"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def _roof_rows(gemm_s, stream_s):
+    from celora_bench.cases import Case, Row
+    big = Case("backward-breakdown", "dense", "m", "gate_proj", 64, 32, 16, 4)
+    small = Case("backward-breakdown", "dense", "m", "q_proj", 32, 32, 16, 4)
+    return [Row(big, roofline.ROOF_GEMM, tuple(gemm_s), flops_analytic=2 * 16 * 64 * 32),
+            Row(small, roofline.ROOF_GEMM, (1.0,), flops_analytic=2 * 16 * 32 * 32),
+            Row(big, roofline.ROOF_STREAM, tuple(stream_s), flops_analytic=0, extra={"bytes_analytic": 2000})]
+
+
+def test_roofs_measured_in_the_rounds_are_the_best_sample_over_the_run():
+    """The best of every round and every shape, not one calibration at the start: a slow start (a neighbour
+    busy then) does not lower the roof."""
+    peaks = roofline.peaks_in(_roof_rows([0.004, 0.001, 0.002], [0.01, 0.002]), {"roofline": {"error": "x"}})
+    assert peaks.flops_per_s == pytest.approx(2 * 16 * 64 * 32 / 0.001)
+    assert peaks.bytes_per_s == pytest.approx(2000 / 0.002)
+    assert roofline.peaks_in([], {}) is None                        # no roof rows, no calibration: none
+
+
+def test_a_compute_bound_component_over_the_roof_is_a_calibration_error():
+    """A dense G_y·W0 running at 2x the measured compute roof is not 200% SOL: the verdict says the roof was
+    measured too low, as a failed consistency check, and prints no SOL for it."""
+    from celora_bench.cases import Case, Row
+    from suites.backward_breakdown import checks
+
+    d = Case("backward-breakdown", "dense", "m", "gate_proj", 64, 32, 16, 4)
+    c = Case("backward-breakdown", "celora", "m", "gate_proj", 64, 32, 16, 4, keep_ratio=0.5)
+    fl = 2 * 16 * 64 * 32
+    peaks = roofline.Peaks("cpu", "float32", 2, fl / 0.002, 1e12, 64, (), 0, (), ())
+    idx = {(d.id, "bwd.grad_x_frozen"): Row(d, "bwd.grad_x_frozen", (0.001,) * 3, fl,
+                                            extra={"bytes_analytic": 4 * (16 * 64 + 64 * 32 + 16 * 32)}),
+           (c.id, "detail.kept_product"): Row(c, "detail.kept_product", (0.0015,) * 3, fl // 2,
+                                               extra={"bytes_analytic": 10_000}),
+           (c.id, "detail.gather"): Row(c, "detail.gather", (0.0001,) * 3, 0, extra={"bytes_analytic": 2048})}
+    out = checks._sol_checks(idx, c, d, peaks)
+    bad = [x for x in out if x.status == "FAIL"]
+    assert len(bad) == 1 and "calibration error" in bad[0].detail and bad[0].value == pytest.approx(2.0)
+    assert not any(x.metric == "SOL dense G_y·W0" for x in out)
+    assert any(x.metric == "SOL kept-column product" and x.status == "INFO" for x in out)

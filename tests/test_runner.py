@@ -65,7 +65,7 @@ def test_only_what_an_undecided_check_reads_gets_more_rounds(fake, tmp_path):
     run = runner.run(["fake"], Options(), str(tmp_path / "r.json"), budget=BUDGET, seed=1)
     n = _samples(run)
     assert n[("L0", "dense", "judged")] == n[("L0", "celora", "judged")] == 8   # 3, then stages 5 and 8 (>= 6)
-    assert n[("L1", "dense", "judged")] == 3                                    # decided by nobody: base rounds
+    assert n[("L1", "dense", "judged")] == 5      # read by no undecided check: base rounds, then rounds 3 and 6
     assert n[("L0", "dense", "other")] == n[("L1", "celora", "other")] == 2     # all_rounds only
     assert run.verdicts["fake"][0]["status"] == "PASS" and run.verdicts["fake"][0]["rounds"] == 8
     assert run.run["seeds"] == [1] and list(run.run["budget"]["stages"]) == [5, 8]
@@ -94,5 +94,26 @@ def test_sigterm_keeps_a_partial_file_with_a_verdict_and_resume_measures_it_agai
     assert sorted(kept.run["partial_cases"]) == sorted(c.id for c in fake.cases(None))
     done = runner.run(["fake"], Options(), path, resume=True, budget=BUDGET, seed=2)
     assert done.status == "complete" and "partial_cases" not in done.run
-    assert {len(r.samples) for r in done.rows if r.component == "judged" and r.case.layer == "L1"} == {3}
+    assert {len(r.samples) for r in done.rows if r.component == "judged" and r.case.layer == "L1"} == {5}
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_one_round_numbering_across_memory_chunks(fake, tmp_path, monkeypatch):
+    """Each group its own chunk (memory 'full' after every group): no round number is used twice, so a
+    pairing by round never pairs two moments of the run."""
+    monkeypatch.setattr(runner, "CHUNK_RSS_FRACTION", 0.0)
+    run = runner.run(["fake"], Options(), str(tmp_path / "r.json"), budget=BUDGET, seed=1)
+    per_layer = {}
+    for r in run.rows:
+        per_layer.setdefault(r.case.layer, set()).update(r.rounds)
+    assert per_layer["L0"] and per_layer["L1"] and not per_layer["L0"] & per_layer["L1"]
+
+
+def test_decided_checks_are_thinned_not_dropped(fake, tmp_path):
+    """A series no undecided check reads still gets every THIN-th extension round, so its rounds span the
+    run instead of ending with the base rounds."""
+    run = runner.run(["fake"], Options(), str(tmp_path / "r.json"), budget=BUDGET, seed=1)
+    l0 = next(r for r in run.rows if r.case.layer == "L0" and r.component == "judged")
+    l1 = next(r for r in run.rows if r.case.layer == "L1" and r.component == "judged")
+    assert max(l1.rounds) > max(r for r in l0.rounds[:BUDGET.rounds])
+    assert all((r - min(l1.rounds)) < BUDGET.rounds or (r - min(l1.rounds)) % runner.THIN == 0 for r in l1.rounds)

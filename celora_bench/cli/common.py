@@ -41,6 +41,16 @@ def _threads(v: str) -> int:
     return n
 
 
+def _workers(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--workers {v!r} is invalid; allowed: an integer >= 1")
+    return n
+
+
 def _recheck(v: str) -> int:
     try:
         n = int(v)

@@ -21,7 +21,18 @@ examples:
 exit: 0 no regression, 1 regression, 2 bad input
 """
 
-GATE_HELP = """Run the quick backward-breakdown suite and gate it against results/baseline.json.
+GATE_HELP = """Gate the working tree's core/ against a git revision's, or against a stored baseline.
+
+--against REV (what CI runs: the previous commit) measures REV's core/ and the working
+tree's on this machine, now: the quick backward-breakdown cases set up in 4 fresh worker
+processes per side, 24 rounds per side dealt to all 8 in random order. Each gated
+quantity (G_y·W0, G_h, the refresh and fwd+bwd of every dense and CE-LoRA case, each
+over peft's fwd+bwd of its shape in the same round) is compared as candidate/base
+with a 95% interval; a regression is an interval wholly above 1.10 (FLOPs and
+counted bytes: candidate/base above 1.10). Both sides run the working tree's
+harness and suites: a slowdown there is not caught (see celora_bench/abgate.py).
+
+Without --against, the stored-baseline mode (offline):
 
 Times differ between machines, so time is gated as CE-LoRA/dense ratios measured
 interleaved in the same rounds of one run (each ratio the trimmed mean of its
@@ -35,7 +46,11 @@ budget, and judged on the median of those rechecks alone (the first pass,
 picked for being over the line, is left out). -k narrows the baseline as it
 narrows the run (block-level ratios are then not compared). --device cuda
 gates a GPU run against results/baseline-cuda.json.
+A stored baseline made on another machine (CPU model, threads, BLAS, torch, device)
+is refused unless --force-machine is given.
 examples:
+  celora-bench gate --against HEAD~1
+  celora-bench gate --against main -k gate_proj+up_proj
   celora-bench gate
   celora-bench gate -k gate_proj                     # one layer shape, against the same part of the baseline
   celora-bench gate --update-baseline                # measure three runs, write their medians as the baseline
@@ -59,6 +74,11 @@ def add_compare(sub) -> None:
 def add_gate(sub) -> None:
     gate = sub.add_parser("gate", help="run the quick headline suite and gate it against the baseline",
                           description=GATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gate.add_argument("--against", default=None, metavar="REV",
+                      help="measure git revision REV's core/ against the working tree's, here and now "
+                           "(no stored baseline)")
+    gate.add_argument("--force-machine", action="store_true",
+                      help="compare with a stored baseline made on another machine anyway")
     gate.add_argument("--baseline", default=None,
                       help="default: results/baseline.json (cpu), results/baseline-cuda.json (cuda)")
     gate.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -126,9 +146,56 @@ def cmd_compare(args) -> int:
     return _print(judged, args.all)
 
 
+def _print_ab(findings, stem: str) -> int:
+    """The A/B table (every timed quantity, and counts that changed), the counts and the verdict line."""
+    from rich.table import Table
+
+    shown = [f for f in findings if f.kind == "time" or f.value != 1 or f.regression]
+    t = Table(title="A/B gate: candidate / base (time: over peft's fwd+bwd of the shape, per round; 95% interval)")
+    for col in ("case", "component", "kind", "base", "candidate", "cand/base [95%]", "status"):
+        t.add_column(col)
+    for f in shown:
+        unit = (lambda v: f"{v * 1e3:.3f} ms") if f.kind == "time" else (lambda v: f"{v:,.0f}")
+        iv = f"{f.value:.3f}" + (f" [{f.lo:.3f}, {f.hi:.3f}]" if f.kind == "time" and f.lo is not None else "")
+        t.add_row(f.case_id, f.component, f.kind, unit(f.base), unit(f.candidate), iv,
+                  f"[red]{f.status}[/]" if f.regression else f.status)
+    console = _console()
+    console.print(t)
+    bad = [f for f in findings if f.regression]
+    timed = [f for f in findings if f.kind == "time"]
+    console.print(f"{len(timed)} timed and {len(findings) - len(timed)} counted comparisons: {len(bad)} "
+                  f"regressions (an interval wholly above 1.10); runs in {stem}.json and {stem}-base.json")
+    console.print("[bold red]REGRESSION[/]" if bad else "[bold green]OK[/]")
+    return 1 if bad else 0
+
+
+def cmd_gate_against(args) -> int:
+    from celora_bench import abgate, runner
+
+    if args.update_baseline or args.from_runs or args.baseline:
+        raise CLIError("--against measures both sides now: it takes no --baseline, --from or --update-baseline")
+    if args.device != "cpu":
+        raise CLIError(f"--against with --device {args.device}: the A/B gate measures on the CPU only")
+    stem = os.path.splitext(args.out or runner.default_out(["gate"]))[0]
+    try:
+        base, cand = abgate.measure(args.against, stem, args.filter, args.threads, log=_console().print)
+    except abgate.ABError as e:
+        raise CLIError(str(e)) from None
+    except KeyboardInterrupt:
+        print(f"interrupted: the gate's partial runs are in {stem}*.json", file=sys.stderr)
+        return 130
+    missing = sorted({r.case.id for r in cand.rows} - {r.case.id for r in base.rows})
+    for cid in missing[:10]:
+        _console().print(f"  not measured at {args.against} (its core/ could not set it up): {cid}")
+    return _print_ab(abgate.judge(base.rows, cand.rows), stem)
+
+
 def cmd_gate(args) -> int:
     from celora_bench import gate, runner
     from celora_bench.compare import DEFAULT_GATE
+
+    if args.against:
+        return cmd_gate_against(args)
 
     rules = _rules(list(DEFAULT_GATE) + args.fail_on)
     device, dtype = _device_dtype(args.device, None)
@@ -157,6 +224,10 @@ def cmd_gate(args) -> int:
         raise CLIError(f"no baseline at {baseline!r}; create it with 'celora-bench gate --update-baseline'")
     base = gate.narrow(_load(baseline), args.filter)
     cand = gate.narrow_rows(cand, args.filter)
+    try:
+        gate.same_machine(base, cand, args.force_machine)
+    except gate.GateError as e:
+        raise CLIError(str(e)) from None
     times = gate.recheck_times(args.recheck, from_run=bool(froms))
     try:
         if times and froms:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from celora_bench.cli.common import EPILOG, CLIError, _console, _console_null, _device_dtype, _shard, _threads
+from celora_bench.cli.common import EPILOG, CLIError, _console, _console_null, _device_dtype, _shard, _threads, _workers
 
 
 def add_list(sub) -> None:
@@ -19,6 +19,9 @@ def add_run(sub) -> None:
     run.add_argument("suites", nargs="+", metavar="SUITE")
     size = run.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="mode", action="store_const", const="quick", help="small sweep (default)")
+    size.add_argument("--medium", dest="mode", action="store_const", const="medium",
+                      help="convergence: 4 arms x 4 seeds on the arithmetic task, all blocks, ~1 h on a 2-core CPU "
+                           "(other suites: as --full)")
     size.add_argument("--full", dest="mode", action="store_const", const="full", help="the whole sweep")
     run.set_defaults(mode="quick")
     run.add_argument("--device", choices=DEVICES, default="auto",
@@ -38,6 +41,9 @@ def add_run(sub) -> None:
     run.add_argument("--threads", type=_threads, default=None, help="torch threads (default: torch's)")
     run.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                      help="glibc malloc: tuned keeps large blocks on the heap (default); see README")
+    run.add_argument("--workers", type=_workers, default=None, metavar="N",
+                     help="fresh worker processes the rounds are dealt to, on the CPU (default 6; 1: this "
+                          "process; also CELORA_BENCH_WORKERS)")
     run.add_argument("--shard", type=_shard, default=None, metavar="i/n",
                      help="run the i-th of n deterministic parts of the cases")
     run.add_argument("--detail", action="store_true", help="also print every case's component table")
@@ -104,7 +110,14 @@ def cmd_run(args) -> int:
             registry.get(name)
         except registry.UnknownSuite as e:
             raise CLIError(str(e)) from None
+    from celora_bench import distributed
+    world = distributed.world_size_from_env()
+    if world > 1 and args.device == "auto":      # under torchrun: CUDA only with a GPU for every rank
+        args.device = distributed.device_for(world)
     device, dtype = _device_dtype(args.device, args.dtype)
+    if args.workers is not None:
+        from celora_bench.suite import WORKERS_ENV
+        os.environ[WORKERS_ENV] = str(args.workers)
     for flag in ("batch", "seq"):
         v = getattr(args, flag)
         if v is not None and v < 1:

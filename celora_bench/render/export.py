@@ -62,7 +62,7 @@ def roofline_frame(run: Run) -> pd.DataFrame:
     Raw inputs (FLOPs, bytes, seconds, the peaks) are columns, so every figure can be recomputed."""
     from celora_bench import roofline
 
-    peaks = roofline.peaks_of(run.machine_info)
+    peaks = roofline.peaks_in(run.rows, run.machine_info)
     cols = ["case_id", "layer", "provider", "component", "flops", "bytes", "seconds", "intensity_flop_per_byte",
             "flops_per_s", "bytes_per_s", "roof", "sol", "peak_flops_per_s", "peak_bytes_per_s"]
     if peaks is None:
@@ -95,7 +95,8 @@ def export(run: Run, fmt: str, table: str = "rows") -> str:
                            table: records}, indent=1)
     shown = _rendered(df) if table == "rows" else df.astype(object).where(df.notna(), None)
     note = f"{CONVENTION}; " + {"rows": "times in ms (4 significant digits)",
-                                "verdict": "values unitless ratios/shares, [lo, hi] a 95% interval between rounds",
+                                "verdict": "values unitless ratios/shares, [lo, hi] a 95.5% interval between worker "
+                                           "processes (celora_bench.intervals)",
                                 "roofline": "seconds (median; kernel time on CUDA), bytes analytic, SOL = achieved "
                                             "/ the roof at the component's intensity"}[table]
     if fmt == "md":

@@ -93,7 +93,7 @@ def roofline_plot(rows, peaks, title: str, path: str) -> str | None:
 
 def roofline_plots(run: Run, out_dir: str) -> list[str]:
     """One roofline per layer group, from the run's peaks (none for a file without a calibration)."""
-    peaks = roofline.peaks_of(run.machine_info)
+    peaks = roofline.peaks_in(run.rows, run.machine_info)
     if peaks is None:
         return []
     paths = []

@@ -176,7 +176,7 @@ def peaks_text(peaks) -> str:
 def roofline_table(title: str, rows: list[Row], machine_info: dict) -> Table | None:
     """Every timed component against the machine's measured roofs (celora_bench.roofline); None without
     peaks or without a component that has analytic FLOPs and bytes."""
-    peaks = roofline.peaks_of(machine_info)
+    peaks = roofline.peaks_in(rows, machine_info)
     if peaks is None:
         return None
     t = table(f"{title}: {peaks_text(peaks)}", ["layer", "provider", "component", "GFLOP", "MB", "FLOP/B",

@@ -27,7 +27,8 @@ from celora_bench.suite import Check
 
 STATUS_WORDS = {"PASS": "PASS", "FAIL": "FAIL", "NOISE": "within noise", "INFO": "INFO"}
 STATUS_ORDER = ("PASS", "FAIL", "NOISE", "INFO")
-VERDICT_CAPTION = ("value [95% interval between rounds: trimmed mean of the per-round values, Yuen's interval]; "
+VERDICT_CAPTION = ("value [95.5% interval: mean of each worker process's trimmed mean of its per-round values, t "
+                   "over the spread of those process means; 6 looks spend 5% in all, Haybittle-Peto]; "
                    "PASS: the whole interval clears the line, FAIL: it misses it wholly, within noise: it "
                    "straddles the line; rounds: how many rounds the interval used; exact: a count that must "
                    "equal its rule")

@@ -41,6 +41,8 @@ def cases(opts: Options) -> list[Case]:
     out = []
     for model, tokens, rank, providers in grid:
         layers = model.distinct_shapes() if opts.mode == "quick" else model.layer_shapes()
+        if opts.device.startswith("cuda"):       # largest first: a run cut at its limit keeps the big shapes
+            layers = dict(sorted(layers.items(), key=lambda kv: -kv[1][0] * kv[1][1]))
         for layer, (m, n) in layers.items():
             for kw in providers(layer):
                 out.append(Case(NAME, model=model.name, layer=layer, m=m, n=n, tokens=tokens, rank=rank,
@@ -74,7 +76,10 @@ def _paper_providers(rank: int, ps=(0.25, 0.5)):
 
 
 def _cuda_grid(opts: Options) -> list:
-    """Llama-3.1-8B and Llama-3.2-1B projections at 4×2048 tokens (r=16); full adds N and r."""
+    """Full: Llama-3.1-8B and Llama-3.2-1B projections at 4×2048 tokens (r=16), plus other N and r. Quick (sized
+    to scripts/gpu_check.sh's step): the 8B shapes at p = 0.5 and each shape's paper ratio, r0 = 0 and 14."""
+    if opts.mode != "full":
+        return [(models.get(opts.model or "llama-3.1-8b"), 8192, 16, _paper_providers(16, (0.5,)))]
     names = [opts.model] if opts.model else ["llama-3.1-8b", "llama-3.2-1b"]
     grid = [(models.get(name), 8192, 16, _paper_providers(16)) for name in names]
     if opts.mode == "full":
@@ -97,7 +102,9 @@ def _reference_cases(opts: Options) -> list[Case]:
 
 
 setup = layer_bench.setup
-JUDGED = ("fwd+bwd", "bwd.grad_x_frozen", "bwd.grad_h", "selection", "bwd.grad_x_lora")   # read by the verdict
+WORKERS = True          # each case is one layer: cheap to set up again in every worker process
+JUDGED = ("fwd+bwd", "bwd.grad_x_frozen", "bwd.grad_h", "selection", "bwd.grad_x_lora",   # read by the verdict
+          "roof.gemm", "roof.stream")                 # the roofs, best of every round (roofline.peaks_in)
 
 
 def group_key(case: Case) -> tuple:

@@ -19,7 +19,7 @@ AMDAHL_FRACTION = 0.95          # layer speed-up >= 95% of the Amdahl bound (the
 # ---- verdict -----------------------------------------------------------------
 #
 # Every timed value is computed once per round from that round's samples of every series it reads
-# (paired by round) and judged by its 95% interval between rounds (celora_bench.intervals): PASS when
+# (paired by round) and judged by its 95.5% interval between worker processes (celora_bench.intervals): PASS when
 # the whole interval clears the line, FAIL when the whole interval misses it, NOISE ("within noise")
 # otherwise, with the reason. On CUDA the checks are judged on kernel (device) time, with the
 # wall-time value and the launch-bound mark beside it; on the CPU, whose ops run synchronously, on
@@ -194,7 +194,7 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
         base = dense.get((_group(case), case.layer))
         if base is not None:
             checks += _labelled(_cost_checks(idx, case, base, on), _labels(case))
-    peaks = roofline.peaks_of(machine or {})
+    peaks = roofline.peaks_in(rows, machine or {})
     if peaks is not None:
         for case in sorted({r.case for r in rows if r.case.provider == "celora"}, key=lambda c: c.id):
             base = dense.get((_group(case), case.layer))
@@ -228,6 +228,12 @@ def _sol_checks(idx, case: Case, base: Case, peaks) -> list[Check]:
     for name, pt in got.items():
         what = (f"{pt.flops_per_s / 1e9:.1f} GFLOP/s at {pt.intensity:.1f} FLOP/B" if pt.flops
                 else f"{pt.bytes_per_s / 1e9:.1f} GB/s (no FLOPs)")
+        if pt.roof == "compute" and pt.sol > roofline.OVER_ROOF:
+            out.append(Check(SOL_CHECK, scope, f"roof under {name}", pt.sol, f"SOL <= {roofline.OVER_ROOF:.2f}",
+                             "FAIL", f"calibration error: {what} is {pt.sol:.0%} of the measured compute roof "
+                             f"{peaks.flops_per_s / 1e9:.1f} GFLOP/s, so the roof was measured too low; its "
+                             f"SOL is not reported", kind="exact"))
+            continue
         out.append(Check(SOL_CHECK, scope, f"SOL {name}", pt.sol, "reported", "INFO",
                          f"{what}; {pt.roof}-bound; {pt.seconds * 1e3:.3f} ms", kind="info"))
     c_row = idx.get((case.id, "bwd.grad_x_frozen"))

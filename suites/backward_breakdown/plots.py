@@ -63,7 +63,7 @@ def _series(row) -> intervals.Series:
 
 
 def speedup(cases: dict, title: str, path: str) -> str:
-    """Speed-up against p per layer, each point with its 95% interval (Yuen's interval over the paired rounds)."""
+    """Speed-up against p per layer, each point with its 95.5% interval (process-nested, celora_bench.intervals)."""
     layers = sorted({c.layer for c in cases}, key=layer_order)
     cols = min(4, len(layers))
     rows_n = (len(layers) + cols - 1) // cols
@@ -101,8 +101,8 @@ def speedup(cases: dict, title: str, path: str) -> str:
     h = [plt.Line2D([], [], ls="--", color="k"), plt.Line2D([], [], ls=":", color="k"),
          plt.Line2D([], [], marker="o", ls="", color="C0"), plt.Line2D([], [], marker="o", ls="", color="C3"),
          plt.Line2D([], [], marker="s", ls="", color="grey", fillstyle="none")]
-    fig.legend(h, ["ideal 1/p", "Amdahl bound (measured share)", "G_y·W0 component (95% interval)",
-                   "layer fwd+bwd (95% interval)",
+    fig.legend(h, ["ideal 1/p", "Amdahl bound (measured share)", "G_y·W0 component (95.5% interval)",
+                   "layer fwd+bwd (95.5% interval)",
                    "square: double-LoRA r0>0; hollow: lean"], loc="lower center", ncol=3, fontsize=8,
                bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(title)

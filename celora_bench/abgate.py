@@ -1,0 +1,227 @@
+"""The A/B gate: git revision REV's core/ against the working tree's, both measured on this machine, now.
+
+No stored baseline: a file made on another machine (another CPU, BLAS, torch build) moves every ratio by
+5-10%, more than the regressions worth catching. Instead (asv's `continuous`, Duet benchmarking):
+
+- REV's core/ (the code the gate protects) is exported to a temporary folder; "base" worker processes
+  import it from there, "candidate" workers import the working tree's; both run the working tree's
+  harness and suites (celora_bench.workers), so the same cases are measured the same way.
+- Both sides' workers set the cases up side by side, then the rounds are dealt to all of them in a
+  random balanced order (every block of rounds visits every worker of both sides once): base and
+  candidate are measured interleaved, over the same minutes.
+- A gated quantity is a component's time over peft's fwd+bwd of the same shape in the same round (peft is
+  outside core/: the same code on both sides, a yardstick that moves with the machine); its value on each
+  side is process-nested (celora_bench.intervals.log_estimate) and candidate/base gets Welch's interval.
+  A regression is an interval wholly above 1 + threshold (default 10%). FLOPs and persistent/step bytes
+  are counts: candidate/base above 1 + threshold is a regression.
+
+Not caught: a slowdown in the harness or the suites themselves (both sides run the working tree's), in
+peft or torch, or in a case the base cannot set up (its core lacks what the suites call: reported).
+"""
+from __future__ import annotations
+
+import io
+import os
+import random
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from typing import Callable
+
+from celora_bench import intervals as I
+from celora_bench import runner
+from celora_bench.cases import Case, Row
+from celora_bench.results import Run
+from celora_bench.suite import Options, budget_for
+from celora_bench.workers import Pool, WorkerError
+
+SUITE = "backward-breakdown"
+GATED = ("bwd.grad_x_frozen", "fwd+bwd", "bwd.grad_h", "selection")     # timed, per dense and CE-LoRA case
+YARDSTICK = ("peft", "fwd+bwd")
+EXACT = (("flops", "flops_counted"), ("memory", "mem_bytes"))
+EXACT_COMPONENTS = ("state", "step.alloc")          # bytes that are counted, not measured
+THRESHOLD = 0.10
+WORKERS = 4                                         # per side
+ROUNDS = 24                                         # per side: 6 per worker
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ABError(ValueError):
+    """What the A/B gate cannot measure; one line for the user."""
+
+
+def _git(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=60)
+
+
+def resolve(rev: str) -> str:
+    """The commit id of rev, or ABError naming it."""
+    out = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if out.returncode != 0:
+        raise ABError(f"--against {rev!r} is not a commit of this repository ({ROOT}); allowed: a commit id, "
+                      f"branch, tag or HEAD~N that `git rev-parse` knows")
+    return out.stdout.decode().strip()
+
+
+def export_core(sha: str, dest: str) -> str:
+    """REV's core/ written under dest (git archive); the folder to put first on the base's import path."""
+    out = _git("archive", "--format=tar", sha, "core")
+    if out.returncode != 0:
+        raise ABError(f"--against {sha[:10]}: that commit has no core/ folder to measure")
+    with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+@dataclass(frozen=True)
+class ABFinding:
+    """candidate/base of one gated quantity, with its interval (lo = hi = value for counts)."""
+
+    case_id: str
+    component: str
+    kind: str                 # "time" (over peft's fwd+bwd, per round), "flops" or "memory"
+    value: float
+    lo: float | None
+    hi: float | None
+    regression: bool
+    base: float | None = None        # the base's median seconds (time) or count
+    candidate: float | None = None
+    rounds: int = 0
+
+    @property
+    def status(self) -> str:
+        if self.regression:
+            return "REGRESSION"
+        if self.lo is None:
+            return "no interval"
+        return "faster" if self.hi < 1 else "ok"
+
+
+def _yardstick_of(rows: dict, case: Case) -> Row | None:
+    for (cid, comp), r in rows.items():
+        c = r.case
+        if comp == YARDSTICK[1] and c.provider == YARDSTICK[0] and (c.model, c.layer, c.tokens, c.rank) == (
+                case.model, case.layer, case.tokens, case.rank):
+            return r
+    return None
+
+
+def judge(base: list[Row], cand: list[Row], threshold: float = THRESHOLD) -> list[ABFinding]:
+    """Every gated quantity both sides measured, candidate over base."""
+    b = {(r.case.id, r.component): r for r in base}
+    c = {(r.case.id, r.component): r for r in cand}
+    out = []
+    for key in sorted(set(b) & set(c)):
+        rb, rc = b[key], c[key]
+        prov = rc.case.provider
+        if key[1] in GATED and prov in ("dense", "celora") and rb.samples and rc.samples:
+            yb, yc = _yardstick_of(b, rb.case), _yardstick_of(c, rc.case)
+            if yb is None or yc is None:
+                continue
+            try:
+                eb = I.log_estimate([rb.series, yb.series], lambda t, z: t / z)
+                ec = I.log_estimate([rc.series, yc.series], lambda t, z: t / z)
+            except ValueError:
+                continue
+            iv = I.difference(ec, eb, n=min(len(rb.samples), len(rc.samples)))
+            out.append(ABFinding(*key, "time", iv.value, iv.lo, iv.hi, iv.lo is not None and iv.lo > 1 + threshold,
+                                 rb.time.median, rc.time.median, iv.rounds))
+        for kind, attr in EXACT:
+            if kind == "memory" and key[1] not in EXACT_COMPONENTS:
+                continue
+            vb, vc = getattr(rb, attr), getattr(rc, attr)
+            if vb and vc is not None:
+                ratio = vc / vb
+                out.append(ABFinding(*key, kind, ratio, ratio, ratio, ratio > 1 + threshold, vb, vc))
+    return out
+
+
+def chunks(cases: list[Case], workers: int) -> list[list[Case]]:
+    """Cases split so that both sides' workers holding one chunk stay under the runner's memory share."""
+    from celora_bench import memory
+
+    total = memory.rss_and_total()[1] or float("inf")
+    out: list[list[Case]] = [[]]
+    for c in cases:
+        if out[-1] and 2 * workers * sum(map(runner.case_bytes, out[-1] + [c])) > runner.WORKER_FRACTION * total:
+            out.append([])
+        out[-1].append(c)
+    return [c for c in out if c]
+
+
+def measure(rev: str, stem: str, filt: list[str] | None = None, threads: int | None = None,
+            workers: int = WORKERS, rounds: int = ROUNDS, seed: int | None = None,
+            log: Callable[[str], None] = lambda _: None, cases: list[Case] | None = None) -> tuple[Run, Run]:
+    """(base run, candidate run): the quick backward-breakdown cases (filtered by filt), REV's core/ against
+    the working tree's, measured interleaved; written to <stem>-base.json and <stem>.json after each chunk.
+    cases: other cases of the suite than its quick sweep (tests measure tiny layers)."""
+    import torch
+
+    sha = resolve(rev)
+    threads = threads or torch.get_num_threads()
+    seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+    opts = Options(mode="quick", device="cpu", dtype="float32")
+    cases = cases if cases is not None else [c for _, c in runner.plan([SUITE], opts, filt)]
+    if not cases:
+        raise ABError(f"-k {filt}: no case of the quick {SUITE} suite matches")
+    budget = budget_for("quick")
+    meta = {"suites": [SUITE], "options": {"mode": "quick", "device": "cpu", "dtype": "float32"}, "filter": filt,
+            "against": {"rev": rev, "commit": sha, "workers_per_side": workers, "rounds_per_side": rounds,
+                        "seed": seed, "threshold": THRESHOLD}}
+    base_run = Run(path=f"{stem}-base.json", run={**meta, "side": "base"})
+    cand_run = Run(path=f"{stem}.json", run={**meta, "side": "candidate"})
+    for r in (base_run, cand_run):
+        r.machine_info["threads"] = threads
+    rng = random.Random(seed)
+    number = 0
+    with tempfile.TemporaryDirectory(prefix="celora-ab-") as tmp:
+        export_core(sha, tmp)
+        for chunk in chunks(cases, workers):
+            base = Pool(workers, env={"PYTHONPATH": os.pathsep.join([tmp, ROOT])}, cwd=tmp)
+            cand = Pool(workers, env={"PYTHONPATH": ROOT}, cwd=ROOT, first_index=workers)
+            kw = dict(device="cpu", threads=threads, tune_malloc=True,
+                      budget={**budget.__dict__, "stages": list(budget.stages)}, seed=seed + number)
+            log(f"setting up {len(chunk)} cases in {workers} base ({sha[:10]}) and {workers} candidate workers")
+            try:
+                base.launch(SUITE, chunk, **kw)
+                cand.launch(SUITE, chunk, **kw)
+                base.collect()
+                cand.collect()
+                _check_sources(base, cand, tmp)
+                keys = _gated_keys(cand.keys) & base.keys
+                log(f"{len(keys)} series, {rounds} rounds per side, interleaved")
+                for _ in range(rounds):
+                    order = list(range(2 * workers))
+                    rng.shuffle(order)
+                    for w in order:
+                        (base if w < workers else cand).round(w % workers, number, keys)
+                        number += 1
+            except WorkerError as e:
+                raise ABError(str(e)) from None
+            finally:
+                base_run.errors += base.errors
+                cand_run.errors += cand.errors
+                base_run.add(base.rows())
+                cand_run.add(cand.rows())
+                base.close()
+                cand.close()
+    if not base_run.rows:
+        raise ABError(f"--against {rev}: no case could be set up with that commit's core/ "
+                      f"({(base_run.errors or [{'error': 'no rows'}])[0]['error'][:200]})")
+    for r in (base_run, cand_run):
+        r.status = "complete"
+        r.save()
+    return base_run, cand_run
+
+
+def _gated_keys(keys: set) -> set:
+    return {k for k in keys if k[1] in GATED or k[1] == YARDSTICK[1]}
+
+
+def _check_sources(base: Pool, cand: Pool, tmp: str) -> None:
+    """Each side imported the core/ it was meant to: a mix-up would compare a commit with itself."""
+    want_b, want_c = os.path.realpath(os.path.join(tmp, "core")), os.path.realpath(os.path.join(ROOT, "core"))
+    if os.path.realpath(base.core) != want_b or os.path.realpath(cand.core) != want_c:
+        raise ABError(f"the workers imported core/ from {base.core} (base) and {cand.core} (candidate); "
+                      f"expected {want_b} and {want_c}")
