@@ -12,7 +12,9 @@ The method is looked up by device type in METHODS (and, for CUDA, by whether Tri
   index_select + cuBLAS on all five measured 8B shapes (1.08–1.37·p against 1.13–1.52·p), so it is
   used for every shape; torch.gather and index_select tie there. A Triton that imports but cannot
   compile or launch the kernel falls back to index_select: the first failure warns once, and every
-  later call goes straight to index_select.
+  later call goes straight to index_select. Only such failures (kernel_failure) fall back: a bad
+  argument (ValueError, e.g. a wrong `out`) and a CUDA out-of-memory are the caller's and are raised,
+  so they neither disable Triton for the process nor read as "triton failed".
 - anything else: index_select.
 
 ``methods_used()`` says which method ran last per device type, so a results file can record it.
@@ -45,12 +47,32 @@ _triton_ok: bool | None = None          # None: not probed yet
 _triton_failure: str | None = None      # "ExcType: message" of the first compile or launch failure
 
 
+def kernel_failure(e: BaseException) -> bool:
+    """True for what a kernel that cannot compile or launch raises: Triton's own errors (CompilationError,
+    OutOfResources, PTXASError: modules under triton.), an ImportError from its toolchain, and a
+    RuntimeError from the driver ("no kernel image", no C compiler). Not a CUDA out-of-memory (a
+    RuntimeError too, but the same on any method), not a ValueError or TypeError (a bad argument)."""
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return False
+    if isinstance(e, (RuntimeError, ImportError)):
+        return True
+    return type(e).__module__.split(".")[0] == "triton"
+
+
 def triton_or_index_select(gy: Tensor, idx: Tensor, out: Tensor | None = None) -> Tensor:
-    """The Triton kernel; on its first failure, a warning (once) and index_select from then on."""
+    """The Triton kernel; on its first compile or launch failure, a warning (once) and index_select from
+    then on. Anything else it raises (a bad argument, out of memory) is raised.
+
+    Raises:
+        ValueError: out is not an (N, k) view with unit column stride in gy's dtype (core.triton_gather).
+        torch.cuda.OutOfMemoryError: the device has no room for the result.
+    """
     global _triton_ok, _triton_failure
     try:
         return triton_gather(gy, idx, out)
-    except Exception as e:                           # noqa: BLE001  (compile, launch or driver errors)
+    except Exception as e:                           # noqa: BLE001  (sorted by kernel_failure)
+        if not kernel_failure(e):
+            raise
         _triton_ok = False
         _triton_failure = f"{type(e).__name__}: {e}"
         warnings.warn(f"core.gather: the Triton gather kernel failed ({_triton_failure}); "

@@ -8,8 +8,9 @@ not shard. Peak RSS is per process and mostly torch and transformers themselves.
 Then the same accounting, analytic, for a named model (default llama-3.2-1b, bf16
 W0, fp32 LoRA and Adam state) over --world ranks.
 
-    python scripts/fsdp_memory.py                      # spawns 2 CPU ranks (gloo)
-    torchrun --nproc-per-node 2 scripts/fsdp_memory.py # the same under torchrun (nccl on CUDA)
+    python scripts/fsdp_memory.py                      # spawns 2 ranks: nccl on CUDA when the machine has a
+                                                       # GPU per rank, else gloo on the CPU
+    torchrun --nproc-per-node 2 scripts/fsdp_memory.py # the same under torchrun
     python scripts/fsdp_memory.py --analytic-only --model llama-3.1-8b --world 8
 """
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _rank_main(rank: int, world: int, port: int | None, out: str | None) -> None
     if port is not None:                        # spawned here: the environment torchrun would set
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                           WORLD_SIZE=str(world))
-    kind = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = distributed.device_for(world)       # a GPU per rank or the CPU: never two ranks on one GPU
     distributed.init(kind)
     device = distributed.local_device(kind)
     torch.set_num_threads(1)

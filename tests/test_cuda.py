@@ -103,6 +103,19 @@ def test_cuda_gather_methods_agree(dtype, N, m, k):
     assert torch.equal(wide[:, 16:16 + k], want) and not wide[:, :16].any() and not wide[:, 16 + k:].any()
 
 
+def test_cuda_triton_bad_out_raises_and_triton_stays_on():
+    """A wrong `out` is the caller's error: raised, not a Triton failure that disables the kernel."""
+    from core import gather, triton_gather
+    if not triton_gather.available() or gather._triton_failure is not None:
+        pytest.skip("no working Triton here")
+    G = torch.randn(64, 300, device="cuda", dtype=torch.bfloat16)
+    idx = torch.arange(0, 300, 3, device="cuda")
+    with pytest.raises(ValueError, match="unit column stride"):
+        gather.gather_columns(G, idx, out=torch.empty(64, idx.numel() + 1, device="cuda", dtype=torch.bfloat16))
+    assert gather._triton_failure is None and gather.method_for(G.device) is gather.triton_or_index_select
+    assert torch.equal(gather.gather_columns(G, idx), G.index_select(1, idx))
+
+
 def test_k_rounds_to_64_after_to_cuda_bf16():
     layer = core.CELoRALinear.from_linear(nn.Linear(4096, 1024), core.CELoRAConfig(keep_ratio=0.55))
     assert layer.k == 564                                    # converted on the CPU: ceil(0.55·1024)

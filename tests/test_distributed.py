@@ -1,4 +1,5 @@
-"""Data parallelism: score sync across ranks, and a 2-process gloo DDP model-step run under torchrun."""
+"""Data parallelism: score sync across ranks, the backend per machine, and a 2-process DDP model-step run
+under torchrun (gloo on the CPU unless the machine has a GPU per rank)."""
 import os
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import core
-from celora_bench import results
+from celora_bench import distributed, results
 
 
 def _free_port() -> int:
@@ -49,7 +50,8 @@ def test_torchrun_ddp_model_step_writes_once_with_per_rank_timings(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
            str(_free_port()), "-m", "celora_bench.cli", "run", "model-step", "--quick", "--batch", "2",
-           "--seq", "32", "--threads", "1", "--out", out]
+           "--seq", "32", "--threads", "1", "--out", out,
+           "--device", distributed.device_for(2)]          # gloo on the CPU unless a GPU per rank
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("results: ") == 1                    # rank 0 alone prints and writes
@@ -68,3 +70,42 @@ def test_suites_without_ddp_support_refuse_torchrun(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["run", "backward-breakdown", "--out", str(tmp_path / "x.json")]) == 2
     assert "does not run under torchrun" in capsys.readouterr().err
+
+
+def _gpus(monkeypatch, n: int):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
+
+def test_ranks_use_nccl_only_with_a_gpu_each(monkeypatch):
+    for n, want in ((0, ("gloo", "cpu")), (1, ("gloo", "cpu")), (2, ("nccl", "cuda")), (8, ("nccl", "cuda"))):
+        _gpus(monkeypatch, n)
+        assert (distributed.backend_for("cuda", 2), distributed.device_for(2)) == want, n
+        assert distributed.backend_for("cpu", 2) == "gloo"
+
+
+def test_two_ranks_on_one_gpu_are_refused_before_joining(monkeypatch):
+    _gpus(monkeypatch, 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    joined = []
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: joined.append(a))
+    try:
+        distributed.init("cuda")
+    except ValueError as e:
+        assert "2 ranks, 1 GPU(s); run with --device cpu (gloo)" in str(e)
+    else:
+        raise AssertionError("init('cuda') with 2 ranks on one GPU must raise")
+    assert joined == []
+
+
+def test_fsdp_memory_picks_the_cpu_on_a_one_gpu_machine(monkeypatch):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import fsdp_memory
+    _gpus(monkeypatch, 1)
+    seen = {}
+    monkeypatch.setattr(distributed, "init", lambda device: seen.setdefault("device", device) and False)
+    monkeypatch.setattr(fsdp_memory, "_measure", lambda mode, plan, cached, device: {"frozen params": 0})
+    monkeypatch.setattr(fsdp_memory, "_print_measured", lambda *a: None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    fsdp_memory._rank_main(0, 2, None, None)
+    assert seen["device"] == "cpu"

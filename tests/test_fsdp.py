@@ -278,7 +278,8 @@ def test_torchrun_model_step_fsdp_records_sharding_and_writes_once(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
            str(_free_port()), "-m", "celora_bench.cli", "run", "model-step", "--quick", "--fsdp", "--batch", "1",
-           "--seq", "16", "--threads", "1", "-k", "celora-all", "--out", out]
+           "--seq", "16", "--threads", "1", "-k", "celora-all", "--out", out,
+           "--device", distributed.device_for(2)]          # gloo on the CPU unless a GPU per rank
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("results: ") == 1                    # rank 0 alone prints and writes

@@ -8,13 +8,14 @@ import pytest
 from celora_bench import registry, runner
 from celora_bench.suite import Options
 from suites import gpu_targets
-from suites.gpu_targets import common
+from suites.gpu_targets import common, steps
 
-SECTIONS = ["smoke", "layers", "step-1b", "step-8b", "attribution", "convert", "kernels"]
+SECTIONS = ["smoke", "convert", "layers", "step-1b", "step-8b", "attribution", "kernels"]
 # every timed target met by any measurement (tiny CPU rounds can even give a negative bound): the exact checks
 # alone decide PASS/FAIL
 LOW, HIGH = float("-inf"), float("inf")
-PASSING = {"amdahl_r0_0": LOW, "amdahl_r0_14": LOW, "kept_over_p": HIGH, "step_amdahl": LOW, "attribution": LOW}
+PASSING = {"amdahl_r0_0": LOW, "amdahl_r0_14": LOW, "kept_over_p": HIGH, "step_amdahl": LOW, "step_speedup": LOW,
+           "attribution": LOW, "attribution_max": HIGH}
 
 
 def _run(path, filt=None, sections=None):
@@ -48,7 +49,11 @@ def test_cases_take_gpu_sizes_on_cuda_and_tiny_ones_on_the_cpu():
     assert list(dict.fromkeys(c.provider for c in cpu)) == SECTIONS == list(gpu_targets.SECTIONS)
     assert {c.param("sizes") for c in gpu} == {"gpu"} and {c.param("sizes") for c in cpu} == {"tiny"}
     layers = [c for c in gpu if c.provider == "layers"]
-    assert [(c.model, c.m, c.n, c.tokens) for c in layers][-1] == ("llama-3.1-8b", 4096, 14336, 8192)
+    # largest first: gate/up and down (the shapes the Amdahl claim rests on) before q/o and k/v
+    assert [c.layer for c in layers] == ["gate_proj+up_proj", "down_proj", "q_proj+o_proj", "k_proj+v_proj"]
+    assert (layers[1].model, layers[1].m, layers[1].n, layers[1].tokens) == ("llama-3.1-8b", 4096, 14336, 8192)
+    steps = [c for c in gpu if c.provider == "step-1b"]       # one case per CE-LoRA provider, the headline first
+    assert [c.param("versus") for c in steps] == ["all r0=0 cached", "all r0=14 lean"]
     for section in SECTIONS:                                   # gpu_check.sh's -k /NAME/ picks one section
         assert {c.provider for c in gpu if f"/{section}/" in c.id} == {section}
 
@@ -62,7 +67,8 @@ def test_every_section_runs_on_the_cpu_and_its_checks_pass_when_every_target_is_
               if c.status != "INFO"}
     assert {"smoke", "tiny", "tiny-byte"} <= judged                    # smoke's facts, the steps', convert's
     assert {c.status for c in checks} <= {"PASS", "INFO"}, [c for c in checks if c.status not in ("PASS", "INFO")]
-    assert sum(c.kind == "exact" for c in checks) == 2 + 2 + 2         # smoke 2, steps 1 each, convert 2
+    # smoke 2, steps 1 per case (4 cases), convert 2, attribution's cross-check 1 per row (2)
+    assert sum(c.kind == "exact" for c in checks) == 2 + 4 + 2 + 2
 
 
 def test_every_layer_shape_judges_amdahl_and_the_kept_column_product(full):
@@ -78,9 +84,11 @@ def test_steps_bound_from_the_profiled_share(full):
     checks = _verdict(full.rows)
     for which in ("step-1b", "step-8b"):
         share = [c for c in checks if which in c.scope and c.metric.startswith("G_y·W0 share")]
-        assert len(share) == 1 and 0 < share[0].value < 1
+        assert len(share) == 2 and all(0 < c.value < 1 for c in share)       # one profile per case
         bounds = [c for c in checks if which in c.scope and c.metric.startswith("speed-up / bound")]
         assert len(bounds) == 2 and all(c.target == ">= -inf" for c in bounds)
+        speed = [c for c in checks if which in c.scope and c.check == steps.SPEEDUP_CHECK]
+        assert len(speed) == 2 and all(c.target == ">= -inf" and c.lo is not None for c in speed)
 
 
 def test_convert_reuses_its_svd_cache(full):
@@ -94,13 +102,19 @@ def test_a_target_missed_fails_and_only_its_checks(full):
     assert len(failed) == 8 and all("kept-column" in c.check for c in failed)   # 4 shapes x 2 ratios
     failed = [c for c in _verdict(full.rows, {"attribution": 1e9}) if c.status == "FAIL"]
     assert len(failed) == 2 and all("attribution" in c.check for c in failed)
+    # two-sided: a count above the events fails too (kernels on one stream cannot outlast them)
+    failed = [c for c in _verdict(full.rows, {"attribution_max": 1e-9}) if c.status == "FAIL"]
+    assert len(failed) == 2 and all("attribution" in c.check and c.target.startswith("<=") for c in failed)
+    # the step must beat dense besides reaching its fraction of the bound
+    failed = [c for c in _verdict(full.rows, {"step_speedup": 1e9}) if c.status == "FAIL"]
+    assert len(failed) == 4 and all(c.check == steps.SPEEDUP_CHECK for c in failed)
 
 
 def test_a_fact_that_is_false_fails(full):
     from dataclasses import replace
     rows = [replace(r, extra={**r.extra, "ok": False}) if "ok" in r.extra else r for r in full.rows]
     failed = [c for c in _verdict(rows) if c.status == "FAIL"]
-    assert len(failed) == 2 and all(c.scope.startswith("smoke") for c in failed)
+    assert len(failed) == 4 and {c.scope.split()[0] for c in failed} == {"smoke", "attribution"}
 
 
 def test_a_section_that_raises_is_recorded_and_the_next_runs(tmp_path):
@@ -121,6 +135,8 @@ def test_sigterm_stops_the_run_and_keeps_what_finished(tmp_path):
         _run(tmp_path / "r.json", ["/smoke/", "/attribution/", "/convert/"], {"attribution": killed})
     from celora_bench import results
     kept = results.load(str(tmp_path / "r.json"))
-    assert kept.status == "partial" and {r.case.provider for r in kept.rows} == {"smoke"}
-    assert [c["status"] for c in kept.verdicts["gpu-targets"]] == ["PASS", "PASS"]
+    # the cases before the cut (convert runs early, before attribution) keep their rows, timed ones too
+    assert kept.status == "partial" and {r.case.provider for r in kept.rows} == {"smoke", "convert"}
+    assert {c["status"] for c in kept.verdicts["gpu-targets"]} == {"PASS", "INFO"}
+    assert {r.case.provider for r in kept.rows if r.samples} == {"smoke", "convert"}
     assert signal.getsignal(signal.SIGTERM) is before

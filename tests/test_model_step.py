@@ -1,5 +1,5 @@
 """model-step on the tiny model: counted FLOPs against the analytic model, providers agree, verdict;
-one SVD per weight shared by the presets; models built on the device in the dtype."""
+one cheap low-rank split per weight shape (never the exact SVD); models built on the device in the dtype."""
 import pytest
 import torch
 
@@ -7,23 +7,28 @@ from celora_bench import models, results, runner
 from celora_bench.suite import Options, budget_for
 from core import selection
 from core.flops import COMPONENTS
-from suites import model_step
+from suites import factors, model_step
 
 BUDGET = budget_for("quick")
-SVD_CALLS: list[int] = []      # r0 of every selection.svd_split call during the module's run
+SVD_CALLS: list[tuple] = []    # (shape, r0) of every factors.lowrank_split call during the module's run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ms") / "ms.json")
-    real = selection.svd_split
+    real = factors.lowrank_split
 
     def counted(W0, r0):
-        SVD_CALLS.append(r0)
+        SVD_CALLS.append((tuple(W0.shape), r0))
         return real(W0, r0)
+
+    def exact(W0, r0):
+        raise AssertionError("model-step timed with the exact SVD")
     model_step._SVD.update(key=None, cache={})             # no factors from an earlier test's run
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(selection, "svd_split", counted)
+        mp.setattr(factors, "lowrank_split", counted)
+        mp.setattr(selection, "svd_split", exact)
+        mp.setattr(model_step, "_FACTORS", factors.per_shape())
         return runner.run(["model-step"], Options(mode="quick", batch=2, seq=32), path)
 
 
@@ -64,9 +69,9 @@ def test_verdict_has_the_model_level_checks(run):
     assert 0.2 < share["value"] < 0.6
 
 
-def test_celora_presets_share_one_svd_per_weight(run):
-    # celora-paper samples v, o, up, down (4 per layer), celora-all all 7: without sharing 4·4 + 4·7 SVDs
-    assert len([r0 for r0 in SVD_CALLS if r0]) == 4 * 7
+def test_celora_presets_split_once_per_weight_shape(run):
+    # the tiny model's shapes: q/k/v/o 256x256, gate/up 688x256, down 256x688; one low-rank split each
+    assert sorted(c for c in SVD_CALLS if c[1]) == [((256, 256), 14), ((256, 688), 14), ((688, 256), 14)]
 
 
 def test_models_are_built_on_the_device_in_the_dtype(monkeypatch):

@@ -15,9 +15,10 @@ import core
 from celora_bench import intervals as I
 from celora_bench.cases import Case, Row
 from celora_bench.measure import Target, measure_group
+from celora_bench.rounds import Slot
 from celora_bench.suite import Check
-from celora_bench.timing import TimingBudget
-from core import selection
+from celora_bench.timing import CudaBlocks, TimingBudget, cpu_block
+from suites import factors
 from suites.layer_bench import DTYPES
 
 R, ALPHA, R0 = 16, 32.0, 14
@@ -28,7 +29,10 @@ TARGETS = {
     "amdahl_r0_14": 0.85,   # the same at r0 = 14 (at least)
     "kept_over_p": 1.25,    # kept-column product / dense G_y·W0, in units of p_eff (at most)
     "step_amdahl": 0.80,    # training step speed-up / 1/(1 − s + s·p), s profiled (at least)
+    "step_speedup": 1.0,    # and the step itself no slower than ours dense (at least): 0.8 of a ~1.1x bound
+                            # alone passes a step 10% slower than dense
     "attribution": 0.70,    # kernel time / CUDA-event time of one layer fwd+bwd (at least)
+    "attribution_max": 1.05,  # and at most: kernels of one stream cannot outlast the events around them
 }
 
 
@@ -89,18 +93,11 @@ def free(case: Case) -> None:
 # ---- the layers under test -------------------------------------------------------------
 
 def svd_per_shape() -> Callable:
-    """An SVD function (core's SVDSplit) that computes selection.svd_split once per (shape, r0, dtype, device)
-    and hands those factors to every later weight of that shape. Exact where the layers share one W0 (one
-    layer shape's section); for the step models, whose layers hold different random weights, one weight's
-    factors stand for its shape's: the timing depends on the shapes only."""
-    memo: dict = {}
-
-    def split(W0: torch.Tensor, r0: int):
-        key = (tuple(W0.shape), r0, W0.dtype, W0.device)
-        if key not in memo:
-            memo[key] = selection.svd_split(W0, r0)
-        return memo[key]
-    return split
+    """An SVD function (core's SVDSplit) giving cheap factors once per (shape, r0, dtype, device)
+    (suites.factors: a randomized SVD, not exact): the sections time layers and steps, whose
+    time depends on the shapes only; a full SVD per shape would spend a GPU step's limit before its first
+    timed round. The convert section times the exact one."""
+    return factors.per_shape(factors.lowrank_split)
 
 
 def ours(base: nn.Linear, p: float, r0: int, svd: Callable | None = None, **kw) -> core.CELoRALinear:
@@ -129,6 +126,39 @@ def layer_inputs(case: Case, m: int, n: int, N: int):
 def fwd_bwd(mod: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> Callable:
     params = [x] + [q for q in mod.parameters() if q.requires_grad]
     return lambda: torch.autograd.grad(mod(x), params, gy)
+
+
+def events_only(case: Case, fns: dict[str, Callable], kind: str, threads: int, facts: dict | None = None,
+                seed: int = 0) -> list[Row]:
+    """The callables timed in rounds as the harness does (a warm-up, then every round each callable once, in
+    a random order; CUDA events around budget.cuda_reps calls, or the CPU's wall clock) but without the
+    harness's per-round profile of every callable (celora_bench.rounds on CUDA): for whole training steps,
+    whose verdict reads their times and one separate profile only."""
+    import random
+
+    from torch.utils.benchmark.utils.common import set_torch_threads
+    b = budget(case, kind)
+    slots = [Slot(0, case.id, name, fn) for name, fn in fns.items()]
+    rng = random.Random(seed)
+    with set_torch_threads(threads):
+        for s in slots:
+            for _ in range(max(1, b.cuda_warmup) if cuda(case) else 1):
+                s.fn()
+        sync(case)
+        for r in range(b.rounds):
+            order = rng.sample(slots, len(slots))
+            if cuda(case):
+                blocks = CudaBlocks(b.cuda_reps)
+                for s in order:
+                    blocks.time(s.fn)
+                times = blocks.read()
+            else:
+                times = [cpu_block(s.fn, b.block_s) for s in order]
+            for s, t in zip(order, times):
+                s.samples.append(t)
+                s.rounds.append(r)
+    return [Row(case, s.name, tuple(s.samples), rounds=tuple(s.rounds), extra=dict((facts or {}).get(s.name, {})))
+            for s in slots]
 
 
 def timed(case: Case, fns: dict[str, Callable], kind: str, threads: int, facts: dict | None = None) -> list[Row]:

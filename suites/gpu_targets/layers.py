@@ -1,4 +1,5 @@
-"""layers: one case per distinct projection shape (Llama-3.1-8B on CUDA, N = 8192, r = 16): ours dense, peft
+"""layers: one case per distinct projection shape, largest first (Llama-3.1-8B on CUDA, N = 8192, r = 16; the
+double-LoRA factors cheap ones, common.svd_per_shape): ours dense, peft
 (adapters upcast to fp32, as users get it, and kept in the weight's dtype), CE-LoRA at p = 0.5 and the paper's
 ratio, r0 = 0 and 14, cached rows and lean, all over one W0 and timed together. Judged: the layer's fwd+bwd
 speed-up against its Amdahl bound 1/(1 − s + s·p_eff) (s: G_y·W0's measured share of the dense layer, per
@@ -34,7 +35,7 @@ def ratios(layer: str) -> list[float]:
 
 def run(case: Case, ctx: Context) -> list[Row]:
     base, x, gy = common.layer_inputs(case, case.m, case.n, case.tokens)
-    svd = common.svd_per_shape()                               # one W0 here: the factors are exact
+    svd = common.svd_per_shape()                               # cheap factors, once: the timing reads shapes
     mods = {"dense": common.ours(base, 1.0, 0), "peft": peft_linear(base, common.R, common.ALPHA),
             "peft-native": peft_linear(base, common.R, common.ALPHA, autocast=False)}
     for p in ratios(case.layer):

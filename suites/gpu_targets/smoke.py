@@ -1,9 +1,11 @@
 """smoke: the column gather equals index_select at 8192×14336 (k at the paper's p = 0.65), Triton's on CUDA; one
-CE-LoRA layer (14336×4096, N = 8192) runs its forward and backward, on the Triton gather on CUDA."""
+CE-LoRA layer (14336×4096, N = 8192) runs its forward and backward, on the Triton gather on CUDA, and three
+more calls are timed (a row with samples: the step leaves a timed row whatever follows)."""
 from __future__ import annotations
 
 import torch
 
+from celora_bench import timing
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Check, Context
 from core import gather
@@ -11,6 +13,8 @@ from core.config import CELoRAConfig
 from core.convert import PAPER_RATIOS
 from suites.gpu_targets import common
 from suites.layer_bench import DTYPES
+
+TIMED_CALLS = 3
 
 
 def run(case: Case, ctx: Context) -> list[Row]:
@@ -47,6 +51,10 @@ def run(case: Case, ctx: Context) -> list[Row]:
     if common.cuda(case):
         out.append(common.fact(case, "the layer's gather ran the Triton kernel", used.get("cuda") == "triton",
                                str(used)))
+    fn = common.fwd_bwd(layer, x, gy)
+    samples = tuple(timing.call_seconds(fn, case.device) for _ in range(TIMED_CALLS))
+    out.append(Row(case, "layer fwd+bwd", samples, rounds=tuple(range(TIMED_CALLS)),
+                   extra={"clock": common.clock(case), "gather": gather.methods_used()}))
     return out
 
 

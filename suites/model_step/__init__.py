@@ -4,6 +4,10 @@ Models are built from configs with real shapes (random init) or loaded from
 --model-path. Per step: forward, backward and optimizer time, peak memory,
 FLOPs per component summed over every converted layer plus the rest
 (attention, lm_head; norms and embeddings count 0 under 2·m·n·k).
+
+CE-LoRA's double-LoRA factors are cheap ones (suites.factors: a randomized SVD, once per weight
+shape): a step's time, FLOPs and memory depend on the shapes only, and a full SVD of every weight would take
+the whole of a GPU check's step limit (about 112 at Llama-3.2-1B shapes).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from celora_bench.cases import Case
 from celora_bench.measure import Target
 from celora_bench.suite import Options
 from core.flops import COMPONENTS, layer_flops
+from suites import factors
 from suites.layer_bench import DTYPES
 from suites.model_step.checks import PROVIDERS
 
@@ -67,15 +72,20 @@ def cases(opts: Options) -> list[Case]:
 # (four Llama-3.2-1B models at once do not fit in 24 GiB).
 
 
-def apply(model, provider: str, svd_cache: dict | None = None) -> None:
-    """Puts the provider's LoRA on every projection of the model (svd_cache: core.convert's)."""
+# one randomized split per weight shape for the whole process: the timing reads shapes, not values
+_FACTORS = factors.per_shape()
+
+
+def apply(model, provider: str, svd_cache: dict | None = None, svd=None) -> None:
+    """Puts the provider's LoRA on every projection of the model (svd_cache: core.convert's; svd: the
+    double-LoRA factors, None: the cheap per-shape ones (_FACTORS), selection.svd_split for exact ones)."""
     if provider in ("peft", "peft-native"):
         import peft
         peft.get_peft_model(model, peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(models.PROJECTIONS)),
                             autocast_adapter_dtype=provider == "peft")
         return
     plan = {"dense": "dense", "celora-paper": "paper", "celora-all": "all"}[provider]
-    core.convert(model, plan, r=RANK, alpha=ALPHA, keep_ratio=ALL_P, svd_cache=svd_cache)
+    core.convert(model, plan, r=RANK, alpha=ALPHA, keep_ratio=ALL_P, svd_cache=svd_cache, svd=svd or _FACTORS)
 
 
 @contextlib.contextmanager
@@ -104,9 +114,9 @@ def build(name: str, device, dtype: torch.dtype, path: str | None = None, layers
     return model.to(dtype)                    # a no-op where the build already gave dtype everywhere
 
 
-# celora-paper and celora-all convert the same seed-0 model one after the other: one SVD per distinct W0
-# for both (at the 1B shapes 112 in all instead of 64 + 112; some are 14336×4096 at the 8B shapes).
-# The cache of the last model built only: providers run one model at a time.
+# celora-paper and celora-all convert the same seed-0 model one after the other: the factors each layer got
+# (cheap ones, _FACTORS) are handed again by name. The cache of the last model built only: providers run one
+# model at a time.
 _SVD: dict = {"key": None, "cache": {}}
 
 
