@@ -6,8 +6,11 @@ crc32(key) % TEST_EVERY == 0, key = "template|a|b|c", so no problem can be in
 both splits whatever the seeds; the generator draws until it has n problems
 of the asked split, without repeats. Text format:
     "Question: <problem>\\nAnswer: <integer>" + eos
-Training loss is on the answer tokens (and eos) only; the score is exact match
-of the first integer in the greedy continuation of "Question: ...\\nAnswer:".
+Training loss is on the answer tokens (and eos) only; the scores are exact match
+of the first integer in the greedy continuation of "Question: ...\\nAnswer:" (accuracy)
+and the cross-entropy of the answer tokens and eos given the prompt (heldout_loss).
+A model with no tokenizer of its own (the byte-level tiny model) reads bytes
+(ByteTokenizer), so the task runs on it too.
 """
 from __future__ import annotations
 
@@ -101,6 +104,79 @@ def batch(tokenizer, probs: list[Problem]) -> tuple[torch.Tensor, torch.Tensor, 
         mask[i, :len(s)] = 1
         labels[i, :len(s)] = torch.tensor(lab)
     return ids, mask, labels
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids, the byte-level tiny model's vocabulary; byte 0 (never in a problem) is eos."""
+
+    eos_token_id = 0
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": list(text.encode("utf-8"))}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        ids = [int(i) for i in ids]
+        return bytes(i for i in ids if not (skip_special_tokens and i == self.eos_token_id)).decode("utf-8", "replace")
+
+
+def tokenizer_of(tokens) -> object:
+    """A task's tokenizer (suites.corpora.Tokens), or bytes where the model has none."""
+    return tokens.tokenizer if tokens.tokenizer is not None else ByteTokenizer()
+
+
+def _left_padded(tokenizer, probs: list[Problem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """input_ids, attention_mask, labels (B, L) of prompt + answer + eos, LEFT-padded so that every answer
+    ends at column L-1; labels -100 outside the answers; and K, the longest answer + eos in tokens."""
+    eos = tokenizer.eos_token_id
+    seqs, n_ans = [], []
+    for p in probs:
+        prompt = tokenizer(p.prompt(), add_special_tokens=False)["input_ids"]
+        full = tokenizer(p.text(), add_special_tokens=False)["input_ids"] + [eos]
+        seqs.append(full)
+        n_ans.append(len(full) - len(prompt))
+    L = max(map(len, seqs))
+    ids = torch.full((len(seqs), L), eos, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    labels = torch.full((len(seqs), L), -100, dtype=torch.long)
+    for i, (s, a) in enumerate(zip(seqs, n_ans)):
+        ids[i, L - len(s):] = torch.tensor(s)
+        mask[i, L - len(s):] = 1
+        labels[i, L - a:] = ids[i, L - a:]
+    return ids, mask, labels, max(n_ans)
+
+
+@torch.no_grad()
+def heldout_losses(model, tokenizer, probs: list[Problem], batch_size: int = 50) -> list[tuple[float, int]]:
+    """Per problem: (summed cross-entropy in nats, tokens) of its answer tokens and eos given its prompt.
+    Logits are computed for the last K+1 columns only (logits_to_keep): the vocabulary projection of the
+    prompts, most of the tokens, is never made."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for i in range(0, len(probs), batch_size):
+        ids, mask, labels, K = _left_padded(tokenizer, probs[i:i + batch_size])
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)            # (B, L): positions count from each prompt's start
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                       logits_to_keep=K + 1).logits          # (B, K+1, V): columns L-K-1 .. L-1
+        pred = logits[:, :-1].float()                        # (B, K, V): column j predicts token j+1
+        target = labels[:, -K:].to(dev)                      # (B, K): the answer tokens and eos, else -100
+        nll = torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1),
+                                                ignore_index=-100, reduction="none").view(target.shape)  # (B, K)
+        out += list(zip(nll.sum(1).tolist(), (target != -100).sum(1).tolist()))
+    model.train(was_training)
+    return out
+
+
+def heldout_loss(model, tokenizer, probs: list[Problem], batch_size: int = 50) -> float:
+    """Cross-entropy (nats/token) of the answer tokens and eos given the prompt: the mean over every such token
+    of probs (so it does not depend on batch_size)."""
+    return pooled(heldout_losses(model, tokenizer, probs, batch_size))
+
+
+def pooled(per_problem: list[tuple[float, int]]) -> float:
+    """The mean nats/token over the problems' (summed nats, tokens)."""
+    return sum(s for s, _ in per_problem) / sum(n for _, n in per_problem)
 
 
 def first_int(text: str) -> int | None:

@@ -2,7 +2,7 @@
 
     python results/readme/gate/power.py --out results/readme/gate/power.json
 
-For each planned slowdown, a commit on the scratch branch `scratch/gate-power` (in a git worktree under
+For each planned slowdown, a commit on a scratch branch `scratch/gate-power-SHAPE-PCT` (in a git worktree under
 --work) edits core/layer.py so that CELoRALinear.grad_x_frozen, on one layer shape only, busy-waits for a
 fraction of its own elapsed time after computing (time only: FLOPs and bytes unchanged). Each trial is one
 `celora-bench gate --against BASE -k ...` run from that worktree, exactly the gate CI runs but narrowed to
@@ -47,8 +47,8 @@ def git(*args, cwd=ROOT) -> str:
 
 
 def slowed_commit(wt: str, base: str, shape: str, frac: float) -> str:
-    """A commit on scratch/gate-power: base with the slowdown; base itself for frac == 0."""
-    git("checkout", "-q", "-B", "scratch/gate-power", base, cwd=wt)
+    """A commit on the branch scratch/gate-power-SHAPE-PCT: base with the slowdown; base itself for frac == 0."""
+    git("checkout", "-q", "-B", f"scratch/gate-power-{shape.split('_')[0]}-{round(frac * 100)}", base, cwd=wt)
     if frac == 0:
         return base
     path = os.path.join(wt, "core", "layer.py")
