@@ -34,7 +34,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-MAX_LOOKS = 6         # looks a run may take at a check (quick: after 6, 12, 18, 24, 32 and 40 rounds)
+MAX_LOOKS = 6         # looks a run may take at a check (quick: after 4, 8, 12, 16, 20 and 24 rounds)
 INTERIM_ALPHA = 0.001
 INTERIM_LEVEL = 1 - INTERIM_ALPHA                         # Haybittle-Peto: an interim look decides at 99.9%
 FINAL_LEVEL = 1 - (0.05 - INTERIM_ALPHA * (MAX_LOOKS - 1))  # 0.955: all looks together spend at most 5%

@@ -59,12 +59,12 @@ class Sampler:
         self.rng = random.Random(seed)
         self.done = first_round             # the next round's number: one numbering over the whole run
 
-    def warm_up(self) -> None:
-        """An unrecorded round over every slot (CUDA: cuda_warmup calls each) right before the first:
-        first-call costs (allocations, BLAS thread start-up, caches cold after other groups were set up;
-        seen here: a first round 1.6-6x off on CE-LoRA's ratios) are no sample's."""
+    def warm_up(self, keys: set[tuple[str, str]] | None = None) -> None:
+        """An unrecorded round over the slots in keys (None: every slot; CUDA: cuda_warmup calls each) right
+        before the first: first-call costs (allocations, BLAS thread start-up, caches cold after other groups
+        were set up; seen here: a first round 1.6-6x off on CE-LoRA's ratios) are no sample's."""
         with benchmark.utils.common.set_torch_threads(self.threads):
-            for duet in self.order(None):
+            for duet in self.order(keys):
                 for s in duet:
                     for _ in range(max(1, self.budget.cuda_warmup) if self._cuda else 1):
                         s.fn()

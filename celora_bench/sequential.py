@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from celora_bench import intervals as I
 from celora_bench.workers import deal
 
-QUICK_STAGES = (6, 12, 18, 24, 32, 40)     # budget_for("quick"): base rounds, then the extension totals
+QUICK_STAGES = (4, 8, 12, 16, 20, 24)      # budget_for("quick"): base rounds, then the extension totals
 QUICK_PROCS = 4                            # suite.DEFAULT_WORKERS
 THIN = 3                                   # a decided check's series get every 3rd round
 

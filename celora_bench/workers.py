@@ -8,8 +8,9 @@ deals the run's rounds to them in a random balanced order (every block of n roun
 once), one worker running at a time: each worker's rounds are spread over the whole run, and every
 sample records its worker, so celora_bench.intervals can nest rounds within processes.
 
-Worker 0 also makes the one-off measurements (FLOPs by scope, memory of each phase: measure.prepare)
-and sends its rows as a template; the others only time. The parent fills the template's samples.
+The one-off measurements (FLOPs by scope, memory of each phase: measure.prepare) are dealt out, worker i
+making those of cases i, i+n, ...; each sends its rows as a template, and the parent fills the templates'
+samples. Set-up runs in every worker at once with one thread each; rounds use the run's thread count.
 
 Protocol: one JSON object per line on the worker's stdin, one reply per line on its stdout; a worker's
 stderr goes to a log file whose tail is the error when it dies. `python -m celora_bench.workers` is
@@ -101,6 +102,7 @@ class Pool:
     samples: dict = field(default_factory=dict)        # (case id, component) -> [(seconds, round, worker)]
     keys: set = field(default_factory=set)             # the timed (case id, component) slots
     core: str = ""                                     # where the workers imported core/ from
+    case_ids: list = field(default_factory=list)
 
     def start(self, suite: str, cases: list[Case], **kw) -> None:
         """Starts the workers and sets the cases up in all of them at once (launch, then collect)."""
@@ -109,11 +111,13 @@ class Pool:
 
     def launch(self, suite: str, cases: list[Case], *, device: str, threads: int, tune_malloc: bool,
                budget: dict, seed: int) -> None:
-        """Starts the workers and sends each the cases to set up (worker 0 also measures the one-offs);
+        """Starts the workers and sends each the cases to set up (and its share of the one-off measurements);
         returns at once, so that two pools set up side by side."""
         self.workers = [Worker(self.first_index + i, self.env, self.cwd) for i in range(self.n)]
-        for i, w in enumerate(self.workers):
-            w.send({"op": "setup", "suite": suite, "cases": [c.to_json() for c in cases], "full": i == 0,
+        self.case_ids = [c.id for c in cases]
+        for i, w in enumerate(self.workers):         # the one-off measurements dealt out: worker i makes case i::n's
+            w.send({"op": "setup", "suite": suite, "cases": [c.to_json() for c in cases],
+                    "full": [c.id for c in cases[i::self.n]],
                     "device": device, "threads": threads, "tune_malloc": tune_malloc, "budget": budget,
                     "seed": seed + i})
 
@@ -121,7 +125,9 @@ class Pool:
         """Waits for every worker's setup. A case that fails in worker 0 is an error of the run (errors);
         workers that set up other cases than worker 0, a WorkerError."""
         replies = [w.receive() for w in self.workers]
-        self.template = [Row.from_json(d) for d in replies[0]["rows"]]
+        order = {c: i for i, c in enumerate(self.case_ids)}
+        self.template = sorted((Row.from_json(d) for rep in replies for d in rep["rows"]),
+                               key=lambda r: order.get(r.case.id, len(order)))
         self.errors = replies[0]["errors"]
         self.core = replies[0]["core"]
         self.keys = {tuple(k) for k in replies[0]["slots"]}
@@ -170,7 +176,9 @@ def _setup(msg: dict):
 
     if msg["tune_malloc"]:
         malloc.tune()
-    torch.set_num_threads(msg["threads"])
+    # set-up and warm-up run in every worker at once: one thread each, or n workers' BLAS threads fight over
+    # the cores (with 2 threads each, 4 workers took 139 s to set up here); rounds use msg["threads"]
+    torch.set_num_threads(1)
     suite = registry.get(msg["suite"])
     items, errors = [], []
     for d in msg["cases"]:
@@ -179,15 +187,18 @@ def _setup(msg: dict):
             items.append((case, suite.setup(case)))
         except Exception as e:                       # one bad case is an error of the run, not of the worker
             errors.append({"case_id": case.id, "error": f"{type(e).__name__}: {e}"[:500]})
-    if msg["full"]:
-        p = prepare(items, 0)
-        slots, template = p.slots, [r.to_json() for r in rows(p)]
-    else:
-        slots, template = slots_of(items, 0), None
+    mine = set(msg["full"])                          # the cases whose one-off measurements this worker makes
+    p = prepare([(c, t) for c, t in items if c.id in mine], 0)
+    template = [r.to_json() for r in rows(p)]
+    slots = slots_of(items, 0)
     budget = TimingBudget(**{**msg["budget"], "stages": tuple(msg["budget"]["stages"]), "workers": 1})
-    sampler = Sampler(slots, msg["device"], budget, msg["threads"], msg["seed"])
-    sampler.warm_up()             # first-call costs are no sample's; paid while the other workers set up too
+    sampler = Sampler(slots, msg["device"], budget, 1, msg["seed"])
+    # first-call costs (buffers, pages) are no sample's: every callable the verdict reads, called once,
+    # while the other workers set up too
+    sampler.warm_up({s.key for s in slots if s.name in suite.JUDGED})
     malloc.trim()                 # hand back what set-up freed: n workers hold the chunk at once
+    sampler.threads = msg["threads"]
+    torch.set_num_threads(msg["threads"])
     import core
     reply = {"rows": template, "errors": errors, "slots": [list(s.key) for s in slots],
              "core": os.path.dirname(os.path.abspath(core.__file__))}

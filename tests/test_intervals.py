@@ -79,7 +79,7 @@ def test_only_rounds_both_sides_share_are_used():
 
 
 def test_the_whole_procedure_on_simulated_runs():
-    """The quick design as the runner runs it (4 worker processes, looks after 6 ... 40 rounds, Haybittle-Peto
+    """The quick design as the runner runs it (4 worker processes, looks after 4 ... 24 rounds, Haybittle-Peto
     levels, decided checks thinned), each process with its own effect (sd 2%), rounds with noise (sd 5%)
     and 2% disturbed rounds (x2), the machine drifting 8% over the run, 600 runs per case, fixed seed:
     a check on its line is decided at most 5% of the time (+ Monte Carlo error), the final interval
@@ -94,7 +94,7 @@ def test_the_whole_procedure_on_simulated_runs():
     near = rates(m, 0.05, 600, seed=12)
     assert near["covered"] >= 0.93 and 0.55 <= near["pass"] and near["fail"] == 0
     far = rates(m, 0.10, 400, seed=13)
-    assert far["pass"] >= 0.85 and far["rounds"] < 40            # decided early, with fewer rounds
+    assert far["pass"] >= 0.85 and far["rounds"] < 24            # decided early, with fewer rounds
 
 
 def test_one_process_intervals_miss_a_process_effect():

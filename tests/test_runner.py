@@ -101,7 +101,7 @@ def test_sigterm_keeps_a_partial_file_with_a_verdict_and_resume_measures_it_agai
 def test_one_round_numbering_across_memory_chunks(fake, tmp_path, monkeypatch):
     """Each group its own chunk (memory 'full' after every group): no round number is used twice, so a
     pairing by round never pairs two moments of the run."""
-    monkeypatch.setattr(runner, "CHUNK_RSS_FRACTION", 0.0)
+    monkeypatch.setattr(runner, "CHUNK_RSS_FRACTION", 1e-9)
     run = runner.run(["fake"], Options(), str(tmp_path / "r.json"), budget=BUDGET, seed=1)
     per_layer = {}
     for r in run.rows:
