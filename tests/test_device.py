@@ -24,7 +24,11 @@ def test_cases_are_sized_for_the_device():
     cpu = backward_breakdown.cases(Options(mode="quick", device="cpu", dtype="float32"))
     assert {c.tokens for c in cpu} == {1024} and {c.model for c in cpu} == {"llama-3.2-1b"}
     gpu = backward_breakdown.cases(Options(mode="quick", device="cuda", dtype="bfloat16"))
-    assert {c.tokens for c in gpu} == {8192} and {c.model for c in gpu} == {"llama-3.1-8b", "llama-3.2-1b"}
+    assert {c.tokens for c in gpu} == {8192} and {c.model for c in gpu} == {"llama-3.1-8b"}   # sized to gpu_check
+    sizes = [c.m * c.n for c in gpu]
+    assert sizes == sorted(sizes, reverse=True)                 # largest shapes first: a cut run keeps them
+    assert {c.model for c in backward_breakdown.cases(Options(mode="full", device="cuda", dtype="bfloat16"))} >= {
+        "llama-3.1-8b", "llama-3.2-1b"}
     assert {c.dtype for c in gpu} == {"bfloat16"} and {c.rank for c in gpu} == {16}
     ps = {(c.layer, c.keep_ratio) for c in gpu if c.provider == "celora"}
     assert ("gate_proj+up_proj", 0.65) in ps and ("k_proj+v_proj", 0.55) in ps and ("down_proj", 0.65) in ps
