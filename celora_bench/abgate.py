@@ -138,15 +138,17 @@ def judge(base: list[Row], cand: list[Row], threshold: float = THRESHOLD) -> lis
 
 
 def chunks(cases: list[Case], workers: int) -> list[list[Case]]:
-    """Cases split so that both sides' workers holding one chunk stay under the runner's memory share."""
-    from celora_bench import memory
+    """Whole groups (a layer shape's providers, timed together: the yardstick and what it divides must share
+    rounds) split so that both sides' workers holding one chunk stay under the runner's memory share."""
+    from celora_bench import memory, registry
 
     total = memory.rss_and_total()[1] or float("inf")
+    suite = registry.get(SUITE)
     out: list[list[Case]] = [[]]
-    for c in cases:
-        if out[-1] and 2 * workers * sum(map(runner.case_bytes, out[-1] + [c])) > runner.WORKER_FRACTION * total:
+    for _, group in runner.groups([(suite, c) for c in cases]):
+        if out[-1] and 2 * workers * sum(map(runner.case_bytes, out[-1] + group)) > runner.WORKER_FRACTION * total:
             out.append([])
-        out[-1].append(c)
+        out[-1] += group
     return [c for c in out if c]
 
 

@@ -121,3 +121,12 @@ def test_export_core_writes_that_commits_core(tmp_path):
     want = subprocess.run(["git", "show", f"{sha}:core/config.py"], cwd=abgate.ROOT, capture_output=True,
                           text=True).stdout
     assert open(tmp_path / "core" / "config.py").read() == want
+
+
+def test_the_ab_gate_never_splits_a_layer_shape_across_chunks(monkeypatch):
+    """A shape's CE-LoRA cases are divided by its peft yardstick round by round: both in one chunk, always."""
+    from celora_bench import memory
+    monkeypatch.setattr(memory, "rss_and_total", lambda: (0, 1))          # every group alone is over the limit
+    cases = tiny() + tiny("down_proj", 48, 64)
+    parts = abgate.chunks(cases, 4)
+    assert [sorted(c.layer for c in p) for p in parts] == [["q_proj"] * 3, ["down_proj"] * 3]
