@@ -86,7 +86,12 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/celora-gate-power", help="worktrees and the trials' runs")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every planned trial count (e.g. 0.2)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--summary", action="store_true", help="print the table of --out's trials and stop")
     args = ap.parse_args(argv)
+    if args.summary:
+        d = json.load(open(args.out))
+        summary(d["base"], d["trials"])
+        return 0
     base = git("rev-parse", "HEAD")
     os.makedirs(args.work, exist_ok=True)
     jobs = []
@@ -105,15 +110,26 @@ def main(argv=None) -> int:
         print(f"[{i + 1}/{len(jobs)}] {shape} {frac:+.0%}: exit {t['exit']} in {t['seconds']} s; "
               f"G_y·W0 cand/base {t['grad_x_frozen']}", flush=True)
         json.dump({"base": base, "plan": PLAN, "trials": trials}, open(args.out, "w"), indent=1)
-    print(f"\nbase commit {base[:10]}; threshold +10% (interval wholly above 1.10 fails)")
-    print("shape              slowdown  caught  (exit 1 of trials; exit 2 = error)")
+    summary(base, trials)
+    return 0
+
+
+def summary(base: str, trials: list[dict]) -> None:
+    """The table: per shape and slowdown, trials caught (the gate exited 1) of those run, and the G_y·W0
+    candidate/base interval's median value."""
+    print(f"base commit {base[:10]}; threshold +10% (a regression: an interval wholly above 1.10)")
+    print("shape              slowdown  caught  median G_y·W0 cand/base  mean s/trial")
     for shape, frac, _ in PLAN:
         ts = [t for t in trials if t["shape"] == shape and t["slowdown"] == frac]
+        if not ts:
+            continue
         caught = sum(t["exit"] == 1 for t in ts)
         errors = sum(t["exit"] == 2 for t in ts)
+        vals = sorted(t["grad_x_frozen"][0] for t in ts if t["grad_x_frozen"])
+        med = vals[len(vals) // 2] if vals else float("nan")
         label = "A/A" if frac == 0 else f"{frac:+.0%}"
-        print(f"{shape:18} {label:>8}  {caught}/{len(ts)}" + (f"  ({errors} errors)" if errors else ""))
-    return 0
+        print(f"{shape:18} {label:>8}  {caught}/{len(ts)}  {med:23.3f}  {sum(t['seconds'] for t in ts) / len(ts):12.0f}"
+              + (f"  ({errors} errors)" if errors else ""))
 
 
 if __name__ == "__main__":
