@@ -122,7 +122,9 @@ def judge(base: list[Row], cand: list[Row], threshold: float = THRESHOLD) -> lis
             try:
                 eb = I.log_estimate([rb.series, yb.series], lambda t, z: t / z)
                 ec = I.log_estimate([rc.series, yc.series], lambda t, z: t / z)
-            except ValueError:
+            except ValueError:            # no round shared with its yardstick: shown, never silently dropped
+                out.append(ABFinding(*key, "time", float("nan"), None, None, False,
+                                     rb.time.median, rc.time.median))
                 continue
             iv = I.difference(ec, eb, n=min(len(rb.samples), len(rc.samples)))
             out.append(ABFinding(*key, "time", iv.value, iv.lo, iv.hi, iv.lo is not None and iv.lo > 1 + threshold,

@@ -156,7 +156,8 @@ def _print_ab(findings, stem: str) -> int:
         t.add_column(col)
     for f in shown:
         unit = (lambda v: f"{v * 1e3:.3f} ms") if f.kind == "time" else (lambda v: f"{v:,.0f}")
-        iv = f"{f.value:.3f}" + (f" [{f.lo:.3f}, {f.hi:.3f}]" if f.kind == "time" and f.lo is not None else "")
+        iv = ("not paired with its yardstick" if f.value != f.value else
+              f"{f.value:.3f}" + (f" [{f.lo:.3f}, {f.hi:.3f}]" if f.kind == "time" and f.lo is not None else ""))
         t.add_row(f.case_id, f.component, f.kind, unit(f.base), unit(f.candidate), iv,
                   f"[red]{f.status}[/]" if f.regression else f.status)
     console = _console()
