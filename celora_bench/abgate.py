@@ -43,7 +43,7 @@ EXACT = (("flops", "flops_counted"), ("memory", "mem_bytes"))
 EXACT_COMPONENTS = ("state", "step.alloc")          # bytes that are counted, not measured
 THRESHOLD = 0.10
 WORKERS = 4                                         # per side
-ROUNDS = 24                                         # per side: 6 per worker
+ROUNDS = 24                                         # per side: 6 per worker (a block visits each worker once)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -195,7 +195,7 @@ def measure(rev: str, stem: str, filt: list[str] | None = None, threads: int | N
                 _check_sources(base, cand, tmp)
                 keys = _gated_keys(cand.keys) & base.keys
                 log(f"{len(keys)} series, {rounds} rounds per side, interleaved")
-                for _ in range(rounds):
+                for _ in range(-(-rounds // workers)):   # blocks: each visits every worker of both sides once
                     order = list(range(2 * workers))
                     rng.shuffle(order)
                     for w in order:

@@ -14,9 +14,17 @@ Jones' "repeat at the level that varies"):
   machine it made runs disagree 1.3-1.6x more than one-process intervals allowed.
 So the value is the mean over processes of each process's mean (20% trimmed, on the log scale: every
 quantity here is a positive ratio), and its standard error is the spread of those process means,
-with P - 1 degrees of freedom (the exact nested t interval; no component is pooled or fitted). With a
-single process (a file from before workers, a distributed run, CUDA) it is Yuen's interval over the
-rounds, as before.
+with P - 1 degrees of freedom (the exact nested t interval). With a single process (a file from before
+workers, a distributed run, CUDA) it is Yuen's interval over the rounds.
+
+A third level no run can see from inside: the run itself. All of a run's processes share its minutes
+(the machine's state then: a neighbour's memory traffic, the host's clock), and on the 2-core EPYC the
+README's figures come from, five quick runs' values disagreed beyond their nested intervals (coverage
+84% at 4 processes). That component is measured between runs (results/readme/agreement/agreement.py
+estimates it from runs made one after the other) and carried as a known variance: se² + RUN_SD² on the
+log scale, Satterthwaite's degrees of freedom (the known part has infinitely many). Each results file
+records the figure it was judged with (machine_info["run_sd"]); files without it are judged without,
+so no stored verdict changes. CELORA_BENCH_RUN_SD overrides the default for a machine measured apart.
 
 Looks: the runner looks at the verdict several times and gives more rounds only to what is still
 undecided (celora_bench.runner). Every extra look spends error, so the looks follow a Haybittle-Peto
@@ -29,7 +37,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
+import os
 import statistics
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -41,8 +51,14 @@ FINAL_LEVEL = 1 - (0.05 - INTERIM_ALPHA * (MAX_LOOKS - 1))  # 0.955: all looks t
 LEVEL = FINAL_LEVEL   # what every stored and shown interval uses
 TRIM = 0.2            # fraction of the rounds trimmed from each end
 MIN_ROUNDS = 3        # fewer common rounds: no interval
+# between-run sd on the log scale, beyond the nested intervals: estimated (agreement.py --run-sd) from five
+# quick runs at 94946da on a 2-core AMD EPYC VM (results/readme/agreement/tuning/), validated on five
+# fresh runs it was not estimated from (results/readme/agreement/)
+RUN_SD = 0.035
+MAX_DF = 200          # beyond this, t is the normal quantile to 3 digits
 
 _level = contextvars.ContextVar("interval_level", default=FINAL_LEVEL)
+_run_sd = contextvars.ContextVar("run_sd", default=0.0)
 
 
 @contextlib.contextmanager
@@ -57,6 +73,41 @@ def interim():
 
 def current_level() -> float:
     return _level.get()
+
+
+def default_run_sd() -> float:
+    """The between-run sd a new run records: CELORA_BENCH_RUN_SD (a number >= 0) or RUN_SD."""
+    raw = os.environ.get("CELORA_BENCH_RUN_SD")
+    if raw is None:
+        return RUN_SD
+    try:
+        sd = float(raw)
+    except ValueError:
+        sd = -1.0
+    if not 0 <= sd < 1:
+        raise ValueError(f"CELORA_BENCH_RUN_SD={raw!r}: allowed is a between-run sd on the log scale in [0, 1), "
+                         f"e.g. {RUN_SD}")
+    return sd
+
+
+@contextlib.contextmanager
+def run_effect(sd: float):
+    """Intervals taken inside carry a between-run sd of `sd` (log scale): a results file's recorded figure."""
+    token = _run_sd.set(float(sd or 0.0))
+    try:
+        yield
+    finally:
+        _run_sd.reset(token)
+
+
+def with_run_effect(se: float, df: int, sd: float | None = None) -> tuple[float, int]:
+    """(standard error, degrees of freedom) with a known between-run variance sd² added to se²
+    (Welch-Satterthwaite; the known part has infinite degrees of freedom, so df only grows)."""
+    sd = _run_sd.get() if sd is None else sd
+    if sd <= 0:
+        return se, df
+    total = math.sqrt(se * se + sd * sd)
+    return total, MAX_DF if se == 0 else min(MAX_DF, max(df, int(total ** 4 / (se ** 4 / df))))
 
 
 @dataclass(frozen=True)
@@ -124,6 +175,7 @@ def _t_cdf(t: float, df: int) -> float:
     return (1 + a) / 2
 
 
+@functools.lru_cache(maxsize=4096)
 def t_quantile(p: float, df: int) -> float:
     """The p-quantile of Student's t with df >= 1 degrees of freedom, by bisection on the exact CDF."""
     if not 0 < p < 1 or df < 1:
@@ -188,7 +240,9 @@ def nested_se(values: Sequence[float], procs: Sequence[int], trim: float = TRIM)
 
 def of_values(values: Sequence[float], level: float | None = None, procs: Sequence[int] | None = None) -> Interval:
     """The interval of a positive quantity from its round values (log scale), at level (default: the
-    current one, FINAL_LEVEL outside the runner's interim looks); procs: the process each round ran in."""
+    current one, FINAL_LEVEL outside the runner's interim looks), with the current between-run sd
+    (run_effect); procs: the process each round ran in. A quantity that is not positive (no log scale)
+    gets no between-run part: it is not a relative figure."""
     if not values:
         raise ValueError("no round values")
     procs = procs if procs is not None and len(procs) == len(values) else [0] * len(values)
@@ -201,6 +255,7 @@ def of_values(values: Sequence[float], level: float | None = None, procs: Sequen
     mean, se, df = nested_se([math.log(v) for v in values], procs)
     if se is None:
         return Interval(math.exp(mean), None, None, len(values))
+    se, df = with_run_effect(se, df)
     half = t_quantile(q, df) * se
     return Interval(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(values))
 

@@ -42,6 +42,8 @@ class Target:
         reads ("other" for everything outside the scopes; None: analytic only),
         with the profiler's seconds in that scope in extra.
     state_bytes: persistent bytes the provider keeps beyond W0 (None: not applicable).
+    notes: component -> a note for its row, or a callable making it (prepare calls it: a worker that only
+        times never pays for it).
     extra: component -> facts about it (e.g. the kept k) merged into its row's extra.
     """
 
@@ -53,7 +55,7 @@ class Target:
     amortized: dict[str, tuple[str, int]] = field(default_factory=dict)
     state_bytes: int | None = None
     state_what: str = ""
-    notes: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str | Callable[[], str]] = field(default_factory=dict)   # a costly note: a callable
     flop_rows: dict[str, str | None] = field(default_factory=dict)
     count_row: str = "fwd+bwd"
     extra: dict[str, dict] = field(default_factory=dict)   # component -> facts merged into its row's extra
@@ -80,6 +82,8 @@ def prepare(items: list[tuple[Case, Target]], group: int) -> Prepared:
     """FLOPs by scope and in total (one profiled forward+backward each; a part the step does not run, such
     as an index refresh, profiled alone), the peak memory of every whole phase (its first calls); and a
     timing slot per timed callable (celora_bench.rounds warms them up)."""
+    for _, t in items:          # a costly note (fvcore's trace) is made here, once per case in a run
+        t.notes = {k: v() if callable(v) else v for k, v in t.notes.items()}
     none = F.ScopeProfile({}, {}, {}, None)
     profs = [F.profile_scopes(t.count, t.scopes, c.device) if t.count else none for c, t in items]
     alone = [{name: F.profile_scopes(fn, (), c.device) for name, fn in t.parts.items()

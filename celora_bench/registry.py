@@ -3,8 +3,9 @@ in suites/ that provides celora_bench.suite.Suite, and one line here."""
 from __future__ import annotations
 
 import importlib
-from functools import cache
+from functools import cache, wraps
 
+from celora_bench import intervals
 from celora_bench.suite import Loaded
 
 SUITES = {
@@ -61,9 +62,19 @@ def load(mod) -> Loaded:
         DISTRIBUTED=getattr(mod, "DISTRIBUTED", False), FSDP=getattr(mod, "FSDP", False),
         JUDGED=tuple(getattr(mod, "JUDGED", DEFAULT_JUDGED)),
         PLOT_CAPTIONS=dict(getattr(mod, "PLOT_CAPTIONS", {})), WORKERS=bool(getattr(mod, "WORKERS", False)),
-        cases=mod.cases, verdict=mod.verdict, setup=setup, run_case=run_case,
+        cases=mod.cases, verdict=_with_run_sd(mod.verdict), setup=setup, run_case=run_case,
         group_key=getattr(mod, "group_key", _own_group), tables=getattr(mod, "tables", _no_tables),
         plots=getattr(mod, "plots", _no_plots), headline=getattr(mod, "headline", _no_headline))
+
+
+def _with_run_sd(verdict):
+    """The suite's verdict judged with the between-run sd its run recorded (machine_info["run_sd"]; none in
+    files from before it was recorded), so a stored verdict is reproduced whatever the current default."""
+    @wraps(verdict)
+    def judged(rows, machine=None):
+        with intervals.run_effect((machine or {}).get("run_sd", 0.0)):
+            return verdict(rows, machine)
+    return judged
 
 
 def _own_group(case):

@@ -118,6 +118,7 @@ def run(suite_names: list[str], opts: Options, out: str, *, filt=None,
         run_ = results.Run(path=out, run={"suites": suite_names, "options": asdict(opts), "filter": filt,
                                           "shard": list(shard) if shard else None, "argv": sys.argv[1:],
                                           "world_size": distributed.world()})
+        run_.machine_info["run_sd"] = I.default_run_sd()      # the between-run sd its intervals carry
     run_.run["budget"] = asdict(budget)
     run_.run.setdefault("seeds", []).append(seed)
     run_.writer = distributed.is_writer()

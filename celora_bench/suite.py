@@ -103,14 +103,15 @@ def budget_for(mode: str, device: str = "cpu") -> TimingBudget:
     """Rounds per mode (celora_bench.rounds), dealt to 4 worker processes where the suite allows it
     (celora_bench.workers). Quick: 2 rounds of every component, 4 of those a verdict reads (one per
     worker), extended to 8, 12, 16, 20 and 24 rounds for checks still within noise (MAX_LOOKS = 6 looks in
-    all, celora_bench.intervals), while the run is under 165 s (setting 24 cases up in 4 workers takes
-    ~90 s of that on this 2-core machine). Full: 4, 12, extended to 24 and 36, no run-time limit. CUDA quick:
+    all, celora_bench.intervals), while the run is under 155 s (so that install, run, verdict and report stay
+    under 3 minutes end to end; setting 24 cases up in 4 workers takes most of the first 90 s on this 2-core
+    machine). Full: 4, 12, extended to 24 and 36, no run-time limit. CUDA quick:
     CUDA_QUICK (in one process: CUDA runs use no workers)."""
     workers = int(os.environ.get(WORKERS_ENV, DEFAULT_WORKERS))
     if mode == "quick" and device.startswith("cuda"):
         return CUDA_QUICK
     if mode == "quick":
-        return TimingBudget(all_rounds=2, rounds=4, stages=(8, 12, 16, 20, 24), max_run_s=165.0, block_s=0.03,
+        return TimingBudget(all_rounds=2, rounds=4, stages=(8, 12, 16, 20, 24), max_run_s=155.0, block_s=0.03,
                             cuda_warmup=3, cuda_reps=5, workers=workers)
     return TimingBudget(all_rounds=4, rounds=12, stages=(24, 36), block_s=0.05, cuda_warmup=5, cuda_reps=10,
                         workers=workers)

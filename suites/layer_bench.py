@@ -120,8 +120,7 @@ def setup(case: Case) -> Target:
                     scopes=COMPONENTS + ("selection",), analytic=analytic,
                     state_bytes=tensor_bytes(*_lora_params(module)), state_what=STATE_WHAT,
                     bytes={"fwd+bwd": sum(dense_bytes[c] for c in COMPONENTS)})
-    fv, note = fvcore_forward(module, (x.detach(),))
-    target.notes["fwd"] = f"fvcore: {fv} FLOPs ({note})" if fv is not None else note
+    target.notes["fwd"] = lambda: _fvcore_note(module, x)        # a jit trace: made once, by prepare
     if case.provider == "peft":
         target.notes["fwd+bwd"] = "peft: autograd's backward, not split into components"
         return target
@@ -129,6 +128,11 @@ def setup(case: Case) -> Target:
     if case.provider == "dense":
         _add_roofs(case, module, gy, target)
     return target
+
+
+def _fvcore_note(module, x) -> str:
+    fv, note = fvcore_forward(module, (x.detach(),))
+    return f"fvcore: {fv} FLOPs ({note})" if fv is not None else note
 
 
 STREAM_BYTES = 64 << 20     # per array: far above this machine's last-level cache

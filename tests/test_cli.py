@@ -100,6 +100,14 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     assert needle in err and "\n" not in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("value", ["-0.1", "abc", "1.5"])
+def test_a_bad_between_run_sd_is_one_line_and_exit_2(value, monkeypatch, capsys):
+    monkeypatch.setenv("CELORA_BENCH_RUN_SD", value)
+    assert cli.main(["run", "backward-breakdown", "--out", "/tmp/x-run-sd.json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"CELORA_BENCH_RUN_SD={value!r}" in err and "allowed" in err and "\n" not in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_requested_without_cuda(capsys):
     assert cli.main(["run", "backward-breakdown", "--device", "cuda"]) == 2

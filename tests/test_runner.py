@@ -4,6 +4,7 @@ import signal
 
 import pytest
 
+from celora_bench import intervals as I
 from celora_bench import registry, results, runner
 from celora_bench.cases import Case
 from celora_bench.measure import Target
@@ -69,6 +70,7 @@ def test_only_what_an_undecided_check_reads_gets_more_rounds(fake, tmp_path):
     assert n[("L0", "dense", "other")] == n[("L1", "celora", "other")] == 2     # all_rounds only
     assert run.verdicts["fake"][0]["status"] == "PASS" and run.verdicts["fake"][0]["rounds"] == 8
     assert run.run["seeds"] == [1] and list(run.run["budget"]["stages"]) == [5, 8]
+    assert run.machine_info["run_sd"] == I.RUN_SD          # the between-run sd its verdict was judged with
 
 
 def test_a_decided_check_stops_the_extension(fake, tmp_path):

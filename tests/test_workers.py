@@ -90,6 +90,7 @@ def test_the_ab_gate_measures_each_side_with_its_own_core(tmp_path):
     timed = [f for f in found if f.kind == "time"]
     assert {f.component for f in timed} >= {"bwd.grad_x_frozen", "fwd+bwd", "selection"}
     assert all(f.lo is not None and f.lo <= f.value <= f.hi for f in timed)
+    assert {f.rounds for f in timed} == {4}          # 3 rounds asked, in whole blocks of 2 workers: 4 per side
     assert all(f.value == 1 for f in found if f.kind != "time")
     assert os.path.exists(str(tmp_path / "g-base.json")) and os.path.exists(str(tmp_path / "g.json"))
 

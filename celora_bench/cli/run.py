@@ -128,6 +128,11 @@ def cmd_run(args) -> int:
             raise CLIError(f"--{flag.replace('_', '-')} {v!r} does not exist")
     if args.resume and not args.out:
         raise CLIError("--resume needs --out PATH, the run to continue")
+    from celora_bench import intervals
+    try:
+        intervals.default_run_sd()
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     if args.model is not None:
         from celora_bench import models
         if args.model not in models.MODELS:
