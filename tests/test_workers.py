@@ -125,7 +125,7 @@ def test_export_core_writes_that_commits_core(tmp_path):
 
 
 def test_the_ab_gate_never_splits_a_layer_shape_across_chunks(monkeypatch):
-    """A shape's CE-LoRA cases are divided by its peft yardstick round by round: both in one chunk, always."""
+    """A shape's cases are timed together, as the suite times them: one chunk, always."""
     from celora_bench import memory
     monkeypatch.setattr(memory, "rss_and_total", lambda: (0, 1))          # every group alone is over the limit
     cases = tiny() + tiny("down_proj", 48, 64)

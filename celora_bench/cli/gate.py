@@ -24,12 +24,11 @@ exit: 0 no regression, 1 regression, 2 bad input
 GATE_HELP = """Gate the working tree's core/ against a git revision's, or against a stored baseline.
 
 --against REV (what CI runs: the previous commit) measures REV's core/ and the working
-tree's on this machine, now: the quick backward-breakdown cases set up in 4 fresh worker
-processes per side, 24 rounds per side dealt to all 8 in random order. Each gated
-quantity (G_y·W0, G_h, the refresh and fwd+bwd of every dense and CE-LoRA case, each
-over peft's fwd+bwd of its shape in the same round) is compared as candidate/base
-with a 95% interval; a regression is an interval wholly above 1.10 (FLOPs and
-counted bytes: candidate/base above 1.10). Both sides run the working tree's
+tree's on this machine, now: the quick backward-breakdown dense and CE-LoRA cases set up
+in 4 fresh worker processes per side, 24 rounds per side dealt to all 8 in random order.
+Each gated quantity (the time of G_y·W0, G_h, the refresh and fwd+bwd of every case) is
+compared as candidate/base with a 90% interval; a regression is an interval wholly
+above 1.10 (FLOPs and counted bytes: candidate/base above 1.10). Both sides run the working tree's
 harness and suites: a slowdown there is not caught (see celora_bench/abgate.py).
 
 Without --against, the stored-baseline mode (offline):
@@ -151,12 +150,12 @@ def _print_ab(findings, stem: str) -> int:
     from rich.table import Table
 
     shown = [f for f in findings if f.kind == "time" or f.value != 1 or f.regression]
-    t = Table(title="A/B gate: candidate / base (time: over peft's fwd+bwd of the shape, per round; 95% interval)")
-    for col in ("case", "component", "kind", "base", "candidate", "cand/base [95%]", "status"):
+    t = Table(title="A/B gate: candidate / base (time: seconds, process-nested; 90% interval)")
+    for col in ("case", "component", "kind", "base", "candidate", "cand/base [90%]", "status"):
         t.add_column(col)
     for f in shown:
         unit = (lambda v: f"{v * 1e3:.3f} ms") if f.kind == "time" else (lambda v: f"{v:,.0f}")
-        iv = ("not paired with its yardstick" if f.value != f.value else
+        iv = ("no interval: samples without rounds" if f.value != f.value else
               f"{f.value:.3f}" + (f" [{f.lo:.3f}, {f.hi:.3f}]" if f.kind == "time" and f.lo is not None else ""))
         t.add_row(f.case_id, f.component, f.kind, unit(f.base), unit(f.candidate), iv,
                   f"[red]{f.status}[/]" if f.regression else f.status)
@@ -165,7 +164,7 @@ def _print_ab(findings, stem: str) -> int:
     bad = [f for f in findings if f.regression]
     timed = [f for f in findings if f.kind == "time"]
     console.print(f"{len(timed)} timed and {len(findings) - len(timed)} counted comparisons: {len(bad)} "
-                  f"regressions (an interval wholly above 1.10); runs in {stem}.json and {stem}-base.json")
+                  f"regressions (a 90% interval wholly above 1.10); runs in {stem}.json and {stem}-base.json")
     console.print("[bold red]REGRESSION[/]" if bad else "[bold green]OK[/]")
     return 1 if bad else 0
 
