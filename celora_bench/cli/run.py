@@ -46,7 +46,8 @@ def add_run(sub) -> None:
                           "process; also CELORA_BENCH_WORKERS)")
     run.add_argument("--shard", type=_shard, default=None, metavar="i/n",
                      help="run the i-th of n deterministic parts of the cases")
-    run.add_argument("--detail", action="store_true", help="also print every case's component table")
+    run.add_argument("--detail", action="store_true", help="print every table and the full verdict (default: the "
+                     "short answer; `show FILE --detail` prints it later)")
     run.add_argument("--checkpointing", action="store_true",
                      help="model-step: gradient checkpointing, as the paper trains (default off)")
     run.add_argument("--fsdp", action="store_true",
@@ -100,7 +101,6 @@ def cmd_run(args) -> int:
     )
 
     from celora_bench import registry, runner
-    from celora_bench.render import terminal
     from celora_bench.render.tables import case_label
     from celora_bench.results import ResultsError
     from celora_bench.suite import Options
@@ -182,7 +182,7 @@ def cmd_run(args) -> int:
     except KeyboardInterrupt as e:
         return _stopped(e, out, console, args.detail)
     if distributed.is_writer():
-        terminal.render(run, console, detail=args.detail)
+        _print_run(run, console, args.detail)
         console.print(f"results: {out}")
         _report_next_to(run, out, console)
     distributed.shutdown()
@@ -195,7 +195,6 @@ def _stopped(e: KeyboardInterrupt, out: str, console, detail: bool) -> int:
     import signal
 
     from celora_bench import results
-    from celora_bench.render import terminal
 
     signum = getattr(e, "signum", signal.SIGINT)
     if os.path.exists(out):
@@ -204,7 +203,7 @@ def _stopped(e: KeyboardInterrupt, out: str, console, detail: bool) -> int:
         except results.ResultsError:
             run = None
         if run is not None and run.rows:
-            terminal.render(run, console, detail=detail)
+            _print_run(run, console, detail)
             _report_next_to(run, out, console)
     console.print(f"stopped ({signal.Signals(signum).name}): every result measured so far is in {out} (status "
                   f"{'partial' if signum == signal.SIGTERM else 'interrupted'}); continue with --resume --out {out}")
@@ -222,6 +221,16 @@ def _check_fsdp(suites) -> None:
         raise CLIError("--fsdp needs torchrun (WORLD_SIZE > 1, got "
                        f"{distributed.world_size_from_env()}); e.g. torchrun --nproc-per-node 2 -m celora_bench.cli "
                        f"run {' '.join(suites)} --fsdp")
+
+
+def _print_run(run, console, detail: bool) -> None:
+    """The end of a run: the short answer (celora_bench.render.answer), or with --detail every table."""
+    from celora_bench.render import answer, terminal
+
+    if detail:
+        terminal.render(run, console, detail=True)
+    else:
+        answer.render(run, console)
 
 
 def _report_next_to(run, out: str, console) -> None:

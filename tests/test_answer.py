@@ -1,0 +1,39 @@
+"""The end of `run`: the short answer (celora_bench.render.answer), read from the checks alone."""
+import io
+
+from rich.console import Console
+
+from celora_bench import results
+from celora_bench.registry import checks_of
+from celora_bench.render import answer
+from celora_bench.suite import Check
+
+RUN = "results/readme/agreement/quick-1.json"      # a committed quick run of the README's first command
+
+
+def _check(layer, p, value, status, question="2. cut"):
+    labels = (("model", "m"), ("layer", layer), ("provider", "celora"), ("p", p), ("r0", "0"), ("mode", "lean"))
+    return Check(question, f"{layer} p={p}", "time ratio", value, "<= line", status, lo=value * 0.9,
+                 hi=value * 1.1, labels=labels)
+
+
+def test_a_grid_has_a_row_per_layer_and_a_column_per_configuration():
+    checks = [_check("q", "0.25", 0.27, "PASS"), _check("q", "0.5", 0.52, "NOISE"),
+              _check("k", "0.25", 0.31, "FAIL"), _check("k", "0.5", 0.55, "PASS")]
+    row_key, headers, rows = answer.grid(checks)
+    assert row_key == "layer" and headers == ["p=0.25", "p=0.5"]          # only labels that differ
+    assert rows == [("q", ["0.27 ✓", "0.52 ~"]), ("k", ["0.31 ✗", "0.55 ✓"])]
+
+
+def test_the_quick_run_ends_with_a_short_answer_that_fits_120_columns():
+    run = results.load(RUN)
+    buf = io.StringIO()
+    answer.render(run, Console(file=buf, width=120, force_terminal=False))
+    lines = buf.getvalue().rstrip().splitlines()
+    assert len(lines) <= 45 and max(map(len, lines)) <= 120, "\n".join(lines)
+    text = buf.getvalue()
+    timed = [c for c in checks_of(run, "backward-breakdown") if c.kind == "measured"]
+    assert timed, "nothing to check: the loop below would pass vacuously"
+    for c in timed:                              # every timed check's value is in the answer, as in the verdict
+        assert f"{c.value:.3g}" in text
+    assert "verdict:" in text and f"show {RUN} --detail" in text
