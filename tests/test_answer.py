@@ -37,3 +37,29 @@ def test_the_quick_run_ends_with_a_short_answer_that_fits_120_columns():
     for c in timed:                              # every timed check's value is in the answer, as in the verdict
         assert f"{c.value:.3g}" in text
     assert "verdict:" in text and f"show {RUN} --detail" in text
+
+
+def test_the_verdict_figure_draws_exactly_the_verdicts_values_and_intervals(tmp_path, monkeypatch):
+    """backward-breakdown's speedup- figure is drawn from checks 2 and 3: every point it draws (value and
+    interval, under the run's recorded between-run sd) is a row of the verdict `show` prints."""
+    import importlib
+
+    from celora_bench.render import figures
+
+    plots = importlib.import_module("suites.backward_breakdown.plots")
+    drawn = []
+    real = plots.speedup
+    monkeypatch.setattr(plots, "speedup", lambda checks, title, path: drawn.append(checks) or real(checks, title, path))
+    run = results.load(RUN)
+    paths = figures.plot(run, str(tmp_path))
+    assert any("speedup-" in p for p in paths) and len(drawn) == 1
+    table = {(c.check, c.labels): (c.value, c.lo, c.hi) for c in checks_of(run, "backward-breakdown")
+             if c.kind == "measured"}
+    shown = 0
+    for question in (plots.COST_CHECK, plots.AMDAHL_CHECK):
+        for layer, pts in plots.points(drawn[0], question).items():
+            for p, v, lo, hi, lab in pts:
+                key = next(k for k in table if k[0] == question and dict(k[1]) == lab)
+                assert table[key] == (v, lo, hi)
+                shown += 1
+    assert shown == 32                           # 4 layers x 4 CE-LoRA configurations x checks 2 and 3

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from celora_bench import registry, roofline  # noqa: E402
+from celora_bench import intervals, registry, roofline  # noqa: E402
 from celora_bench.models import layer_order  # noqa: E402
 from celora_bench.render.tables import by_case, case_label  # noqa: E402
 from celora_bench.results import Run  # noqa: E402
@@ -113,7 +113,9 @@ def plot(run: Run, out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for suite in sorted({r.case.suite for r in run.rows} & set(registry.SUITES)):
-        paths += registry.get(suite).plots([r for r in run.rows if r.case.suite == suite], out_dir)
+        # a plot drawn from checks gets the intervals the run's verdict has (its recorded between-run sd)
+        with intervals.run_effect(run.machine_info.get("run_sd", 0.0)):
+            paths += registry.get(suite).plots([r for r in run.rows if r.case.suite == suite], out_dir)
     return paths + roofline_plots(run, out_dir)
 
 

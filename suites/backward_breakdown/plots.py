@@ -1,22 +1,22 @@
-"""backward-breakdown's plots: the backward components per layer, stacked, and the speed-up against p with
-the ideal 1/p and the Amdahl bound from the measured dense share drawn in."""
+"""backward-breakdown's plots: the backward components per layer, stacked, and the verdict's checks 2 and 3
+against p (drawn from the checks themselves, so each point is its table row's value and interval)."""
 from __future__ import annotations
 
 import os
 
 import numpy as np
 
-from celora_bench import intervals
 from celora_bench.models import layer_order
 from celora_bench.render.figures import layer_groups, plt, save
 from celora_bench.render.tables import case_label
-from celora_bench.roofline import amdahl_bound
+from suites.backward_breakdown.checks import AMDAHL_CHECK, AMDAHL_FRACTION, COST_CHECK, TIME_SLACK, verdict
 
 BWD = ("bwd.grad_x_frozen", "bwd.grad_h", "bwd.grad_B", "bwd.grad_A", "bwd.grad_x_lora", "selection.amortized")
 PLOT_CAPTIONS = {
     "breakdown-": "backward components per layer, stacked (median ms): dense vs CE-LoRA at each p",
-    "speedup-": "speed-up vs p per layer: the G_y·W0 component and the whole layer, with ideal 1/p and "
-                "the Amdahl bound from the measured dense share",
+    "speedup-": "the verdict against p per layer: G_y·W0's cost over dense's (check 2, with its line 1.15·p and "
+                "the ideal p) and the layer's speed-up over its Amdahl bound (check 3, line 0.95); every point is "
+                "its verdict row's value and 95.5% interval",
 }
 
 
@@ -53,60 +53,47 @@ def breakdown(cases: dict, title: str, path: str) -> str:
     return save(fig, *os.path.split(path))
 
 
-def _samples(row) -> tuple[float, ...]:
-    """Kernel-time samples where the row has them (CUDA), else wall-time samples, as the verdict judges."""
-    return row.kernel or row.samples
+def points(checks: list, question: str) -> dict[str, list[tuple[float, float, float | None, float | None, dict]]]:
+    """Per layer, the (p, value, lo, hi, labels) of every timed check of one question, in p order: what the
+    figure draws, read from the checks alone."""
+    out: dict[str, list] = {}
+    for c in checks:
+        lab = dict(c.labels)
+        if c.check == question and c.kind == "measured" and "p" in lab and c.value is not None:
+            out.setdefault(lab["layer"], []).append((float(lab["p"]), c.value, c.lo, c.hi, lab))
+    return {k: sorted(v, key=lambda t: t[0]) for k, v in out.items()}
 
 
-def _series(row) -> intervals.Series:
-    return row.judged_series()
-
-
-def speedup(cases: dict, title: str, path: str) -> str:
-    """Speed-up against p per layer, each point with its 95.5% interval (process-nested, celora_bench.intervals)."""
-    layers = sorted({c.layer for c in cases}, key=layer_order)
-    cols = min(4, len(layers))
-    rows_n = (len(layers) + cols - 1) // cols
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 3.2 * rows_n), squeeze=False)
+def speedup(checks: list, title: str, path: str) -> str:
+    """Checks 2 (cost over dense) and 3 (speed-up over the Amdahl bound) against p, one column per layer."""
+    cost, amdahl = points(checks, COST_CHECK), points(checks, AMDAHL_CHECK)
+    layers = sorted(set(cost) | set(amdahl), key=layer_order)
+    fig, axes = plt.subplots(2, len(layers), figsize=(3.4 * len(layers), 6.0), squeeze=False)
     ps = np.linspace(0.2, 1.0, 50)
-    for ax, layer in zip(axes.flat, layers):
-        dense = next((c for c in cases if c.layer == layer and c.provider == "dense"), None)
-        if dense is None:
-            continue
-        d = cases[dense]
-        share = np.median(_samples(d["bwd.grad_x_frozen"])) / np.median(_samples(d["fwd+bwd"]))
-        ax.plot(ps, 1 / ps, "k--", lw=1, label="ideal 1/p (G_y·W0)")
-        ax.plot(ps, amdahl_bound(share, ps), "k:", lw=1, label=f"Amdahl, share {share:.2f}")
-        for c, comps in cases.items():
-            if c.layer != layer or c.provider != "celora":
-                continue
-            mk = "o" if c.svd_rank == 0 else "s"
-            fill = "full" if c.cache_rows else "none"
-            for name, color in (("bwd.grad_x_frozen", "C0"), ("fwd+bwd", "C3")):
-                try:                                                   # dense / CE-LoRA, paired by round
-                    iv = intervals.paired_ratio(_series(d[name]), _series(comps[name]))
-                except intervals.Unpaired:                             # a file from before rounds
-                    iv = None
-                if iv is None:
-                    continue
-                err = [[0.0], [0.0]] if iv.lo is None else [[iv.value - iv.lo], [iv.hi - iv.value]]
-                ax.errorbar(c.keep_ratio, iv.value, yerr=err, fmt=mk, color=color, fillstyle=fill, capsize=2,
-                            elinewidth=0.8)
-        ax.set_title(f"{layer} {dense.m}x{dense.n}", fontsize=9)
-        ax.set_xlabel("keep ratio p")
-        ax.set_ylabel("speed-up vs dense")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(layers):]:
-        ax.axis("off")
-    h = [plt.Line2D([], [], ls="--", color="k"), plt.Line2D([], [], ls=":", color="k"),
-         plt.Line2D([], [], marker="o", ls="", color="C0"), plt.Line2D([], [], marker="o", ls="", color="C3"),
-         plt.Line2D([], [], marker="s", ls="", color="grey", fillstyle="none")]
-    fig.legend(h, ["ideal 1/p", "Amdahl bound (measured share)", "G_y·W0 component (95.5% interval)",
-                   "layer fwd+bwd (95.5% interval)",
-                   "square: double-LoRA r0>0; hollow: lean"], loc="lower center", ncol=3, fontsize=8,
-               bbox_to_anchor=(0.5, 0.0))
+    for j, layer in enumerate(layers):
+        top, bottom = axes[0][j], axes[1][j]
+        top.plot(ps, ps, "k-", lw=0.8)
+        top.plot(ps, TIME_SLACK * ps, "k--", lw=1)
+        bottom.axhline(AMDAHL_FRACTION, color="k", ls="--", lw=1)
+        bottom.axhline(1.0, color="k", lw=0.8)
+        for ax, pts in ((top, cost.get(layer, [])), (bottom, amdahl.get(layer, []))):
+            for p, v, lo, hi, lab in pts:
+                err = [[0.0], [0.0]] if lo is None else [[v - lo], [hi - v]]
+                dx = 0.012 if lab.get("mode") == "cached" else -0.012 if lab.get("r0", "0") != "0" else 0.0
+                ax.errorbar(p + dx, v, yerr=err, fmt="s" if lab.get("r0", "0") != "0" else "o", color="C0",
+                            fillstyle="full" if lab.get("mode") == "cached" else "none", capsize=2, elinewidth=0.8)
+            ax.grid(alpha=0.3)
+        top.set_title(layer, fontsize=9)
+        top.set_ylabel("G_y·W0 cost / dense")
+        bottom.set_ylabel("speed-up / Amdahl bound")
+        bottom.set_xlabel("keep ratio p")
+    h = [plt.Line2D([], [], ls="-", color="k"), plt.Line2D([], [], ls="--", color="k"),
+         plt.Line2D([], [], marker="o", ls="", color="C0", fillstyle="none"),
+         plt.Line2D([], [], marker="s", ls="", color="C0", fillstyle="none")]
+    fig.legend(h, ["ideal (p; bound 1.0)", "the verdict's line (1.15·p; 0.95)", "r0 = 0 (filled: cached)",
+                   "double-LoRA r0 > 0"], loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(title)
-    return save(fig, *os.path.split(path), rect=(0, 0.6 / fig.get_figheight(), 1, 1))   # legend below
+    return save(fig, *os.path.split(path), rect=(0, 0.5 / fig.get_figheight(), 1, 1))   # legend below
 
 
 def plots(rows, out_dir: str) -> list[str]:
@@ -117,5 +104,10 @@ def plots(rows, out_dir: str) -> list[str]:
         title = f"{model}, N={N}, r={r}, {dtype}, {device}"
         paths.append(breakdown(cases, f"backward components: {title}", os.path.join(out_dir, f"breakdown-{tag}.png")))
         if any(c.provider == "celora" for c in cases):
-            paths.append(speedup(cases, f"speed-up vs p: {title}", os.path.join(out_dir, f"speedup-{tag}.png")))
+            group = [r_ for r_ in rows if (r_.case.model, r_.case.tokens, r_.case.rank, r_.case.dtype,
+                                           r_.case.device) == (model, N, r, dtype, device)]
+            checks = verdict(group)
+            if points(checks, COST_CHECK) or points(checks, AMDAHL_CHECK):
+                paths.append(speedup(checks, f"the verdict against p: {title}",
+                                     os.path.join(out_dir, f"speedup-{tag}.png")))
     return paths
