@@ -51,9 +51,9 @@ FINAL_LEVEL = 1 - (0.05 - INTERIM_ALPHA * (MAX_LOOKS - 1))  # 0.955: all looks t
 LEVEL = FINAL_LEVEL   # what every stored and shown interval uses
 TRIM = 0.2            # fraction of the rounds trimmed from each end
 MIN_ROUNDS = 3        # fewer common rounds: no interval
-# between-run sd on the log scale, beyond the nested intervals: estimated (agreement.py --run-sd) from five
-# quick runs at 94946da on a 2-core AMD EPYC VM (results/readme/agreement/tuning/), validated on five
-# fresh runs it was not estimated from (results/readme/agreement/)
+# between-run sd on the log scale, beyond the nested intervals: chosen by agreement.py --fit-run-sd (the
+# smallest sd on a grid whose coverage reaches 93%) on five quick runs at 94946da on a 2-core AMD EPYC VM
+# (results/readme/agreement/tuning/), validated on five fresh runs (results/readme/agreement/)
 RUN_SD = 0.035
 MAX_DF = 200          # beyond this, t is the normal quantile to 3 digits
 
