@@ -83,16 +83,33 @@ def test_the_runner_deals_rounds_to_fresh_workers_and_numbers_them_once(tiny_sui
 
 def test_the_ab_gate_measures_each_side_with_its_own_core(tmp_path):
     """Against HEAD, base workers import HEAD's core/ from an exported copy, candidate workers the working
-    tree's (abgate checks both paths); every timed quantity gets an interval; counts are equal."""
-    base, cand = abgate.measure("HEAD", str(tmp_path / "g"), workers=2, rounds=3, cases=tiny(), threads=1)
+    tree's (abgate checks both paths); every timed quantity gets an interval; counts are equal. With a
+    threshold every interval reaches (-0.5: 0.5), every case gets the second look: fresh workers whose
+    samples join the first look's, numbered on."""
+    base, cand = abgate.measure("HEAD", str(tmp_path / "g"), workers=2, rounds=3, cases=tiny(), threads=1,
+                                extra_workers=2, extra_rounds=2, threshold=-0.5)
     assert {r.case.id for r in base.rows} == {r.case.id for r in cand.rows}
+    assert sorted(cand.run["against"]["second_look"]["cases"]) == sorted({c.id for c in tiny() if c.provider != "peft"})
     found = abgate.judge(base.rows, cand.rows)
     timed = [f for f in found if f.kind == "time"]
     assert {f.component for f in timed} >= {"bwd.grad_x_frozen", "fwd+bwd", "selection"}
     assert all(f.lo is not None and f.lo <= f.value <= f.hi for f in timed)
-    assert {f.rounds for f in timed} == {4}          # 3 rounds asked, in whole blocks of 2 workers: 4 per side
+    assert {f.rounds for f in timed} == {6}          # 3 rounds asked, in whole blocks of 2 workers: 4; then 2
     assert all(f.value == 1 for f in found if f.kind != "time")
+    gx = [r for r in base.rows + cand.rows if r.component == "bwd.grad_x_frozen"]
+    for r in gx:
+        assert len(set(r.rounds)) == len(r.rounds) == 6                         # one numbering over both looks
+    assert {p for r in gx if r in base.rows for p in r.procs} == {0, 1, 4, 5}   # base: 2 + 2 fresh workers
+    assert {p for r in gx if r in cand.rows for p in r.procs} == {2, 3, 6, 7}
     assert os.path.exists(str(tmp_path / "g-base.json")) and os.path.exists(str(tmp_path / "g.json"))
+
+
+def test_only_cases_with_an_interval_reaching_the_line_get_a_second_look():
+    f = lambda cid, kind, v, hi: abgate.ABFinding(cid, "fwd+bwd", kind, v, 0.9, hi, False)   # noqa: E731
+    found = [f("a", "time", 1.06, 1.09), f("b", "time", 1.05, 1.10), f("b", "time", 1.0, 1.02),
+             f("c", "flops", 1.5, 1.5), f("d", "time", 1.2, None), f("e", "time", 1.04, 1.3)]
+    assert abgate.reaching(found) == {"b"}                  # e: value under 1.05, a noisy series near 1
+    assert abgate.reaching(found, threshold=0.05) == {"a", "b", "e"}
 
 
 def test_the_ab_judge_flags_only_an_interval_wholly_above_the_threshold():
