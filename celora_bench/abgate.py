@@ -15,8 +15,9 @@ No stored baseline: a file made on another machine (another CPU, BLAS, torch bui
   candidate/base gets Welch's interval at LEVEL (90%). A regression is that interval wholly above
   1 + threshold (default 10%): a one-sided 95% test that the slowdown exceeds the threshold. FLOPs and
   persistent/step bytes are counts: candidate/base above 1 + threshold is a regression.
-- Two looks. The first (4 workers, 24 rounds per side) only clears; a case it does not clear (reaching)
-  is measured again in 8 fresh workers per side, 48 more rounds, and judged on all 12 processes. Single
+- Two looks. The first (4 workers, 24 rounds per side) only clears; a series it does not clear (reaching)
+  is measured again, its case set up in 8 fresh workers per side, 48 more rounds, and judged on all 12
+  processes. Single
   calls vary ~10% here (within-process sd of log time, measured on the power study's runs), so 24 rounds
   in 4 processes give a ratio's half-width of ~6% (Welch df ~6): a +15% slowdown is caught about half the
   time. The second look gives ~3% where it matters, and costs set-up time only for cases near the line.
@@ -190,23 +191,25 @@ def measure(rev: str, stem: str, filt: list[str] | None = None, threads: int | N
                           f"({(sides.base.errors or [{'error': 'no rows'}])[0]['error'][:200]})")
         again = reaching(judge(sides.base.rows, sides.cand.rows, threshold), threshold)
         if again and extra_workers and extra_rounds:
-            log(f"second look: {len(again)} cases with an interval reaching {1 + threshold:.2f}, measured again "
-                f"in {extra_workers} fresh workers per side")
+            ids = {cid for cid, _ in again}
+            log(f"second look: {len(again)} series of {len(ids)} cases with an interval reaching {1 + threshold:.2f}, "
+                f"measured again in {extra_workers} fresh workers per side")
             for r in (sides.base, sides.cand):
-                r.run["against"]["second_look"]["cases"] = sorted(again)
-            sides.look(tmp, [c for c in cases if c.id in again], extra_workers, extra_rounds)
+                r.run["against"]["second_look"]["cases"] = sorted(ids)
+                r.run["against"]["second_look"]["series"] = sorted(map(list, again))
+            sides.look(tmp, [c for c in cases if c.id in ids], extra_workers, extra_rounds, again)
     for r in (sides.base, sides.cand):
         r.status = "complete"
         r.save()
     return sides.base, sides.cand
 
 
-def reaching(found: list["ABFinding"], threshold: float = THRESHOLD) -> set[str]:
-    """The cases the first look does not clear: a timed interval reaching 1 + threshold with its value at
-    1 + threshold/2 or more (a noisy series near 1 is cleared: measuring it again costs set-up time).
-    Only the final interval, over both looks, can call a regression; the first look only clears, so
-    the false-alarm rate is at most that of always measuring every case twice."""
-    return {f.case_id for f in found if f.kind == "time" and f.hi is not None
+def reaching(found: list["ABFinding"], threshold: float = THRESHOLD) -> set[tuple[str, str]]:
+    """The (case, component) series the first look does not clear: a timed interval reaching 1 + threshold
+    with its value at 1 + threshold/2 or more (a noisy series near 1 is cleared: measuring it again costs
+    time). Only the final interval, over both looks, can call a regression; the first look only clears,
+    so the false-alarm rate is at most that of always measuring every series twice."""
+    return {(f.case_id, f.component) for f in found if f.kind == "time" and f.hi is not None
             and f.hi >= 1 + threshold and f.value >= 1 + threshold / 2}
 
 
@@ -226,9 +229,10 @@ class _Sides:
     number: int = 0           # the next round's number
     index: int = 0            # the next worker's index
 
-    def look(self, tmp: str, cases: list[Case], workers: int, rounds: int) -> None:
+    def look(self, tmp: str, cases: list[Case], workers: int, rounds: int, only: set | None = None) -> None:
         """cases set up in `workers` fresh processes per side, chunk by chunk, and `rounds` rounds per side dealt
-        to both sides' workers in random balanced blocks; samples join the rows already measured."""
+        to both sides' workers in random balanced blocks (timing the gated series, or those in `only`);
+        samples join the rows already measured."""
         for r in (self.base, self.cand):
             r.machine_info["threads"] = self.threads
         for chunk in chunks(cases, workers):
@@ -245,7 +249,7 @@ class _Sides:
                 base.collect()
                 cand.collect()
                 _check_sources(base, cand, tmp)
-                keys = _gated_keys(cand.keys) & base.keys
+                keys = _gated_keys(cand.keys) & base.keys & (base.keys if only is None else only)
                 self.log(f"{len(keys)} series, {rounds} rounds per side, interleaved")
                 for _ in range(-(-rounds // workers)):   # blocks: each visits every worker of both sides once
                     order = list(range(2 * workers))

@@ -93,6 +93,8 @@ def test_the_ab_gate_measures_each_side_with_its_own_core(tmp_path):
     found = abgate.judge(base.rows, cand.rows)
     timed = [f for f in found if f.kind == "time"]
     assert {f.component for f in timed} >= {"bwd.grad_x_frozen", "fwd+bwd", "selection"}
+    assert sorted(map(tuple, cand.run["against"]["second_look"]["series"])) == sorted((f.case_id, f.component)
+                                                                                     for f in timed)
     assert all(f.lo is not None and f.lo <= f.value <= f.hi for f in timed)
     assert {f.rounds for f in timed} == {6}          # 3 rounds asked, in whole blocks of 2 workers: 4; then 2
     assert all(f.value == 1 for f in found if f.kind != "time")
@@ -108,8 +110,8 @@ def test_only_cases_with_an_interval_reaching_the_line_get_a_second_look():
     f = lambda cid, kind, v, hi: abgate.ABFinding(cid, "fwd+bwd", kind, v, 0.9, hi, False)   # noqa: E731
     found = [f("a", "time", 1.06, 1.09), f("b", "time", 1.05, 1.10), f("b", "time", 1.0, 1.02),
              f("c", "flops", 1.5, 1.5), f("d", "time", 1.2, None), f("e", "time", 1.04, 1.3)]
-    assert abgate.reaching(found) == {"b"}                  # e: value under 1.05, a noisy series near 1
-    assert abgate.reaching(found, threshold=0.05) == {"a", "b", "e"}
+    assert abgate.reaching(found) == {("b", "fwd+bwd")}      # e: value under 1.05, a noisy series near 1
+    assert {c for c, _ in abgate.reaching(found, threshold=0.05)} == {"a", "b", "e"}
 
 
 def test_the_ab_judge_flags_only_an_interval_wholly_above_the_threshold():

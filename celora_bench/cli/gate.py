@@ -27,9 +27,9 @@ GATE_HELP = """Gate the working tree's core/ against a git revision's, or agains
 tree's on this machine, now: the quick backward-breakdown dense and CE-LoRA cases set up
 in 4 fresh worker processes per side, 24 rounds per side dealt to all 8 in random order.
 Each gated quantity (the time of G_y·W0, G_h, the refresh and fwd+bwd of every case) is
-compared as candidate/base with a 90% interval. A case with an interval reaching 1.10 and a
-value of 1.05 or more is measured again in 8 fresh workers per side (48 more rounds per
-side); a regression is the final interval, over both looks, wholly above 1.10 (FLOPs and
+compared as candidate/base with a 90% interval. A quantity with an interval reaching 1.10
+and a value of 1.05 or more is measured again in 8 fresh workers per side (48 more rounds
+per side); a regression is the final interval, over both looks, wholly above 1.10 (FLOPs and
 counted bytes: candidate/base above 1.10). Both sides run the working tree's
 harness and suites: a slowdown there is not caught (see celora_bench/abgate.py).
 

@@ -6,7 +6,8 @@ For each planned slowdown, a commit on a scratch branch `scratch/gate-power-SHAP
 --work) edits core/layer.py so that CELoRALinear.grad_x_frozen, on one layer shape only, busy-waits for a
 fraction of its own elapsed time after computing (time only: FLOPs and bytes unchanged). Each trial is one
 `celora-bench gate --against BASE -k ...` run from that worktree, exactly the gate CI runs but narrowed to
-the slowed shape's CE-LoRA lean p = 0.5 case. A/A trials run the unmodified
+the slowed shape's CE-LoRA lean p = 0.5 case (with its second look when the first does not clear it).
+A/A trials run the unmodified
 commit against itself. Trials of every kind are interleaved in a random order, so each kind sees the
 same stretch of the machine. Writes every trial (exit status, the slowed quantity's interval) and the
 counts; prints the table the README quotes.
@@ -73,7 +74,8 @@ def trial(wt: str, base: str, shape: str, out: str) -> dict:
         if p.returncode in (0, 1) else []
     gx = next((f for f in found if f.kind == "time" and f.component == "bwd.grad_x_frozen"
                and "/celora/" in f.case_id), None)
-    return {"exit": p.returncode, "seconds": round(time.perf_counter() - t0, 1),
+    second = results.load(out).run["against"].get("second_look", {}).get("cases") if p.returncode in (0, 1) else None
+    return {"exit": p.returncode, "seconds": round(time.perf_counter() - t0, 1), "second_look": bool(second),
             "regressions": [[f.case_id, f.component, f.value, f.lo, f.hi] for f in found if f.regression],
             "grad_x_frozen": None if gx is None else [gx.value, gx.lo, gx.hi],
             "error": p.stderr.strip().splitlines()[-1] if p.returncode == 2 and p.stderr.strip() else None}
@@ -117,7 +119,7 @@ def summary(base: str, trials: list[dict]) -> None:
     """The table: per shape and slowdown, trials caught (the gate exited 1) of those run, and the G_y·W0
     candidate/base interval's median value."""
     print(f"base commit {base[:10]}; threshold +10% (a regression: a 90% interval wholly above 1.10)")
-    print("shape              slowdown  caught  median G_y·W0 cand/base  mean s/trial")
+    print("shape              slowdown  caught  2nd look  median G_y·W0 cand/base  median half-width  mean s/trial")
     for shape, frac, _ in PLAN:
         ts = [t for t in trials if t["shape"] == shape and t["slowdown"] == frac]
         if not ts:
@@ -126,8 +128,12 @@ def summary(base: str, trials: list[dict]) -> None:
         errors = sum(t["exit"] == 2 for t in ts)
         vals = sorted(t["grad_x_frozen"][0] for t in ts if t["grad_x_frozen"])
         med = vals[len(vals) // 2] if vals else float("nan")
+        halves = sorted((t["grad_x_frozen"][2] - t["grad_x_frozen"][1]) / 2 for t in ts if t["grad_x_frozen"])
+        half = halves[len(halves) // 2] if halves else float("nan")
+        looked = sum(bool(t.get("second_look")) for t in ts)
         label = "A/A" if frac == 0 else f"{frac:+.0%}"
-        print(f"{shape:18} {label:>8}  {caught}/{len(ts)}  {med:23.3f}  {sum(t['seconds'] for t in ts) / len(ts):12.0f}"
+        print(f"{shape:18} {label:>8}  {caught:>2}/{len(ts):<2}  {looked:>3}/{len(ts):<3}  {med:23.3f}  {half:17.3f}"
+              f"  {sum(t['seconds'] for t in ts) / len(ts):12.0f}"
               + (f"  ({errors} errors)" if errors else ""))
 
 
