@@ -5,7 +5,8 @@ No stored baseline: a file made on another machine (another CPU, BLAS, torch bui
 
 - REV's core/ (the code the gate protects) is exported to a temporary folder; "base" worker processes
   import it from there, "candidate" workers import the working tree's; both run the working tree's
-  harness and suites (celora_bench.workers), so the same cases are measured the same way.
+  harness and suites (celora_bench.workers), so the same cases are measured the same way. Modules the
+  working tree's core/ added since REV are copied into the export (export_core), so the suites import.
 - Both sides' workers set the cases up side by side, then the rounds are dealt to all of them in a
   random balanced order (every block of rounds visits every worker of both sides once): base and
   candidate are measured interleaved, over the same minutes.
@@ -33,6 +34,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -40,14 +42,13 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from celora_bench import intervals as I
-from celora_bench import runner
+from celora_bench import registry, runner
 from celora_bench.cases import Case, Row
 from celora_bench.results import Run
 from celora_bench.suite import Options, budget_for
 from celora_bench.workers import Pool, WorkerError
 
-SUITE = "backward-breakdown"
-GATED = ("bwd.grad_x_frozen", "fwd+bwd", "bwd.grad_h", "selection")     # timed, per dense and CE-LoRA case
+SUITE = registry.HEADLINE       # what is gated: the components (GATED) of the cases (gated_case) it declares
 LEVEL = 0.90                                        # the interval a regression must clear wholly
 EXACT = (("flops", "flops_counted"), ("memory", "mem_bytes"))
 EXACT_COMPONENTS = ("state", "step.alloc")          # bytes that are counted, not measured
@@ -76,14 +77,23 @@ def resolve(rev: str) -> str:
     return out.stdout.decode().strip()
 
 
-def export_core(sha: str, dest: str) -> str:
-    """REV's core/ written under dest (git archive); the folder to put first on the base's import path."""
+def export_core(sha: str, dest: str, candidate: str | None = None) -> list[str]:
+    """REV's core/ written under dest (git archive), the folder to put first on the base's import path. The
+    modules the candidate's core/ (default: the working tree's) has and REV's lacks are copied in, so the
+    working tree's suites can import them (e.g. a constants module added since REV); REV's own modules are
+    measured as they were, and REV's code never calls the added ones. Returns the added paths."""
     out = _git("archive", "--format=tar", sha, "core")
     if out.returncode != 0:
         raise ABError(f"--against {sha[:10]}: that commit has no core/ folder to measure")
     with tarfile.open(fileobj=io.BytesIO(out.stdout)) as tar:
         tar.extractall(dest, filter="data")
-    return dest
+    candidate = candidate or os.path.join(ROOT, "core")
+    added = []
+    for name in sorted(os.listdir(candidate)):
+        if name.endswith(".py") and not os.path.exists(os.path.join(dest, "core", name)):
+            shutil.copyfile(os.path.join(candidate, name), os.path.join(dest, "core", name))
+            added.append(f"core/{name}")
+    return added
 
 
 @dataclass(frozen=True)
@@ -117,8 +127,7 @@ def judge(base: list[Row], cand: list[Row], threshold: float = THRESHOLD, level:
     out = []
     for key in sorted(set(b) & set(c)):
         rb, rc = b[key], c[key]
-        prov = rc.case.provider
-        if key[1] in GATED and prov in ("dense", "celora") and rb.samples and rc.samples:
+        if gated(rc.case, key[1]) and rb.samples and rc.samples:
             try:
                 eb = I.log_estimate([rb.series], lambda t: t)
                 ec = I.log_estimate([rc.series], lambda t: t)
@@ -142,7 +151,7 @@ def judge(base: list[Row], cand: list[Row], threshold: float = THRESHOLD, level:
 def chunks(cases: list[Case], workers: int) -> list[list[Case]]:
     """Whole groups (a layer shape's providers, timed together, as the suite times them) split so that both
     sides' workers holding one chunk stay under the runner's memory share."""
-    from celora_bench import memory, registry
+    from celora_bench import memory
 
     total = memory.rss_and_total()[1] or float("inf")
     suite = registry.get(SUITE)
@@ -170,8 +179,8 @@ def measure(rev: str, stem: str, filt: list[str] | None = None, threads: int | N
     threads = threads or torch.get_num_threads()
     seed = random.SystemRandom().randrange(2**31) if seed is None else seed
     opts = Options(mode="quick", device="cpu", dtype="float32")
-    cases = cases if cases is not None else [c for _, c in runner.plan([SUITE], opts, filt)
-                                             if c.provider in ("dense", "celora")]      # what is gated
+    suite = registry.get(SUITE)
+    cases = cases if cases is not None else [c for _, c in runner.plan([SUITE], opts, filt) if suite.gated_case(c)]
     if not cases:
         raise ABError(f"-k {filt}: no case of the quick {SUITE} suite matches")
     budget = budget_for("quick")
@@ -184,7 +193,9 @@ def measure(rev: str, stem: str, filt: list[str] | None = None, threads: int | N
                    Run(path=f"{stem}.json", run={**meta, "side": "candidate"}),
                    sha, threads, {**budget.__dict__, "stages": list(budget.stages)}, seed, random.Random(seed), log)
     with tempfile.TemporaryDirectory(prefix="celora-ab-") as tmp:
-        export_core(sha, tmp)
+        added = export_core(sha, tmp)
+        for r in (sides.base, sides.cand):
+            r.run["against"]["added_to_base"] = added
         sides.look(tmp, cases, workers, rounds)
         if not sides.base.rows:
             raise ABError(f"--against {rev}: no case could be set up with that commit's core/ "
@@ -283,8 +294,14 @@ def joined(rows: list[Row], more: list[Row]) -> list[Row]:
     return out
 
 
+def gated(case: Case, component: str) -> bool:
+    """Whether the gate compares this series: a component (GATED) of a case its suite gates (gated_case)."""
+    suite = registry.get(case.suite)
+    return component in suite.GATED and suite.gated_case(case)
+
+
 def _gated_keys(keys: set) -> set:
-    return {k for k in keys if k[1] in GATED}
+    return {k for k in keys if k[1] in registry.get(SUITE).GATED}
 
 
 def _check_sources(base: Pool, cand: Pool, tmp: str) -> None:

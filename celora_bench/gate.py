@@ -22,7 +22,7 @@ import statistics
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from celora_bench import env, runner
+from celora_bench import env, registry, runner
 from celora_bench.compare import Finding, Rule, block_id, compare, group_of, ratios
 from celora_bench.results import Run
 from celora_bench.suite import Options, budget_for
@@ -185,7 +185,7 @@ def default_baseline(device: str) -> str:
 
 def measure(out: str, device: str, dtype: str, filt: list[str] | None, threads: int | None) -> Run:
     """The run the gate judges: the quick backward-breakdown suite on this machine, written to out."""
-    return runner.run(["backward-breakdown"], Options(mode="quick", device=device, dtype=dtype), out,
+    return runner.run([registry.HEADLINE], Options(mode="quick", device=device, dtype=dtype), out,
                       filt=filt, threads=threads)
 
 
@@ -212,7 +212,7 @@ def recheck_as_run(base: Run, cand: Run, findings: list[Finding], rules: list[Ru
     is a new run (no resume) beside the candidate: <stem>-recheck<i>.json, an older file replaced. log(line)
     says what is measured again."""
     stem = os.path.splitext(cand.path)[0]
-    suites = cand.run.get("suites") or ["backward-breakdown"]
+    suites = cand.run.get("suites") or [registry.HEADLINE]
     opts = Options(**{k: v for k, v in cand.run.get("options", {}).items() if k in Options.__dataclass_fields__})
     threads = threads or cand.machine_info.get("threads")
     tuned = cand.machine_info.get("malloc", "default") != "default"

@@ -1,12 +1,13 @@
-"""The suites, by name: the harness's only route into suites/. Adding a suite: one module (or package)
-in suites/ that provides celora_bench.suite.Suite, and one line here."""
+"""The suites, by name: the harness's only route into suites/. Adding a suite: a package (or module) in
+suites/ that declares `SUITE = celora_bench.suite.Suite(...)`, and one line here."""
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from functools import cache, wraps
 
 from celora_bench import intervals
-from celora_bench.suite import Loaded
+from celora_bench.suite import BadSuite, Suite
 
 SUITES = {
     "backward-breakdown": "suites.backward_breakdown",
@@ -16,15 +17,12 @@ SUITES = {
     "gpu-targets": "suites.gpu_targets",
     "core-forms": "suites.core_forms",
 }
-DEFAULT_JUDGED = ("fwd+bwd", "bwd.grad_x_frozen")
+HEADLINE = "backward-breakdown"     # the suite the README's first command runs and `gate` measures
+__all__ = ["SUITES", "HEADLINE", "BadSuite", "UnknownSuite", "names", "get", "checks_of", "declared"]
 
 
 class UnknownSuite(ValueError):
     """A suite name that is not registered."""
-
-
-class BadSuite(TypeError):
-    """A registered module that does not provide the suite interface (celora_bench.suite.Suite)."""
 
 
 def names() -> list[str]:
@@ -32,10 +30,26 @@ def names() -> list[str]:
 
 
 @cache
-def get(name: str) -> Loaded:
+def get(name: str) -> Suite:
     if name not in SUITES:
         raise UnknownSuite(f"unknown suite {name!r}; known suites: {', '.join(SUITES)}")
-    return load(importlib.import_module(SUITES[name]))
+    suite = getattr(importlib.import_module(SUITES[name]), "SUITE", None)
+    if not isinstance(suite, Suite) or suite.NAME != name:
+        raise BadSuite(f"{SUITES[name]} declares no SUITE = Suite(NAME={name!r}, ...) (see celora_bench/suite.py)")
+    return declared(suite)
+
+
+def declared(suite: Suite) -> Suite:
+    """The suite as the harness uses it: its verdict judged with the between-run sd its run recorded
+    (machine_info["run_sd"]; none in files from before it was recorded), so a stored verdict is reproduced
+    whatever the current default."""
+    verdict = suite.verdict
+
+    @wraps(verdict)
+    def judged(rows, machine=None):
+        with intervals.run_effect((machine or {}).get("run_sd", 0.0)):
+            return verdict(rows, machine)
+    return replace(suite, verdict=judged)
 
 
 def checks_of(run, suite: str) -> list:
@@ -48,46 +62,3 @@ def checks_of(run, suite: str) -> list:
         return get(suite).verdict(rows, run.machine_info)
     except UnknownSuite:
         return []
-
-
-def load(mod) -> Loaded:
-    """The module as a Loaded suite: required members checked, optional ones defaulted (celora_bench.suite)."""
-    missing = [m for m in ("NAME", "DESCRIPTION", "cases", "verdict") if not hasattr(mod, m)]
-    setup, run_case = getattr(mod, "setup", None), getattr(mod, "run_case", None)
-    if missing or (setup is None) == (run_case is None):
-        what = ", ".join(missing) if missing else "exactly one of setup and run_case"
-        raise BadSuite(f"suite module {mod.__name__} lacks {what} (see celora_bench/suite.py)")
-    return Loaded(
-        NAME=mod.NAME, DESCRIPTION=mod.DESCRIPTION, QUESTION=getattr(mod, "QUESTION", mod.DESCRIPTION),
-        DISTRIBUTED=getattr(mod, "DISTRIBUTED", False), FSDP=getattr(mod, "FSDP", False),
-        JUDGED=tuple(getattr(mod, "JUDGED", DEFAULT_JUDGED)),
-        PLOT_CAPTIONS=dict(getattr(mod, "PLOT_CAPTIONS", {})), WORKERS=bool(getattr(mod, "WORKERS", False)),
-        cases=mod.cases, verdict=_with_run_sd(mod.verdict), setup=setup, run_case=run_case,
-        group_key=getattr(mod, "group_key", _own_group), tables=getattr(mod, "tables", _no_tables),
-        plots=getattr(mod, "plots", _no_plots), headline=getattr(mod, "headline", _no_headline))
-
-
-def _with_run_sd(verdict):
-    """The suite's verdict judged with the between-run sd its run recorded (machine_info["run_sd"]; none in
-    files from before it was recorded), so a stored verdict is reproduced whatever the current default."""
-    @wraps(verdict)
-    def judged(rows, machine=None):
-        with intervals.run_effect((machine or {}).get("run_sd", 0.0)):
-            return verdict(rows, machine)
-    return judged
-
-
-def _own_group(case):
-    return case.id
-
-
-def _no_tables(rows) -> list:
-    return []
-
-
-def _no_plots(rows, out_dir: str) -> list[str]:
-    return []
-
-
-def _no_headline(checks) -> list:
-    return []

@@ -1,16 +1,15 @@
 """The suite interface, and the options every suite receives.
 
-A suite is a module (or package) in suites/ that the registry (celora_bench/registry.py) names. What
-it provides is written down once, as the Protocol `Suite` below; the registry checks a module against
-it when it loads one and fills the optional members with their defaults, so the harness reads plain
-attributes and never probes a module or imports a suite by name.
+A suite is a package (or module) in suites/ that declares itself once as `SUITE = Suite(...)`; the registry
+(celora_bench/registry.py) lists those packages by name and hands the harness their Suite objects, so the
+harness reads plain fields and never probes a module or imports a suite by name.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from celora_bench.timing import TimingBudget
 
@@ -117,50 +116,62 @@ def budget_for(mode: str, device: str = "cpu") -> TimingBudget:
                         workers=workers)
 
 
-class Suite(Protocol):
-    """What a suite module provides. Required: NAME, DESCRIPTION, cases, verdict and one of setup or
-    run_case. Everything else is optional; the registry supplies the default written beside it."""
+class BadSuite(TypeError):
+    """A suite declared without what the harness needs; the message says what is missing."""
 
-    NAME: str
-    DESCRIPTION: str                      # one line, in `celora-bench list`
-    QUESTION: str                         # the question it answers, atop its report section (default: DESCRIPTION)
-    DISTRIBUTED: bool                     # runs under torchrun, DDP (default False)
-    FSDP: bool                            # or sharded by FSDP2 with --fsdp (default False)
-    JUDGED: tuple[str, ...]               # components its verdict reads: they get the extra rounds
-    PLOT_CAPTIONS: dict[str, str]         # plot file-name prefix -> what the plot shows (default {})
-    WORKERS: bool                         # its cases may be set up in worker processes (default False)
 
-    def cases(self, opts: Options) -> list: ...                          # its sweep, declared once
-    def verdict(self, rows: list, machine: dict | None = None) -> list[Check]: ...
-    # one of the two: the engine times, counts and weighs a Target, or the suite measures on its own
-    def setup(self, case) -> Any: ...                                    # -> celora_bench.measure.Target
-    def run_case(self, case, ctx: Context) -> list: ...                  # -> rows
-    def group_key(self, case) -> Any: ...                                # same key: timed together (default: case.id)
-    def tables(self, rows: list) -> Sequence[Any]: ...                   # its own tables, celora_bench.view.Table
-    def plots(self, rows: list, out_dir: str) -> list[str]: ...          # its own figures: PNG paths
-    def headline(self, checks: list[Check]) -> list[Check]: ...          # the rows that answer QUESTION at a look
+def _own_group(case) -> Any:
+    return case.id
+
+
+def _no_tables(rows) -> list:
+    return []
+
+
+def _no_plots(rows, out_dir: str) -> list[str]:
+    return []
+
+
+def _no_headline(checks) -> list:
+    return []
+
+
+def _not_gated(case) -> bool:
+    return False
 
 
 @dataclass(frozen=True)
-class Loaded:
-    """A suite as the harness uses it: every member of `Suite` present (defaults filled by the registry)."""
+class Suite:
+    """A suite, declared once by its package as `SUITE = Suite(...)` and listed by the registry. Required: NAME,
+    DESCRIPTION, cases, verdict and exactly one of setup (the engine times, counts and weighs the
+    celora_bench.measure.Target it returns) or run_case (the suite measures on its own and returns rows)."""
 
     NAME: str
-    DESCRIPTION: str
-    QUESTION: str
-    DISTRIBUTED: bool
-    FSDP: bool
-    JUDGED: tuple[str, ...]
-    PLOT_CAPTIONS: dict
-    WORKERS: bool
-    cases: Callable
-    verdict: Callable
-    setup: Callable | None
-    run_case: Callable | None
-    group_key: Callable
-    tables: Callable
-    plots: Callable
-    headline: Callable
+    DESCRIPTION: str                                  # one line, in `celora-bench list`
+    cases: Callable[[Options], list]                  # its sweep
+    verdict: Callable[..., list[Check]]               # (rows, machine=None) -> checks
+    setup: Callable | None = None                     # case -> Target
+    run_case: Callable | None = None                  # (case, Context) -> rows
+    QUESTION: str = ""                                # atop its report section (default: DESCRIPTION)
+    DISTRIBUTED: bool = False                         # runs under torchrun, DDP
+    FSDP: bool = False                                # or sharded by FSDP2 with --fsdp
+    JUDGED: tuple[str, ...] = ()                      # components its verdict reads: they get the extra rounds
+    GATED: tuple[str, ...] = ()                       # components `gate --against` compares, candidate/base
+    SOL_SHOWN: tuple[str, ...] = ()                   # components in its speed-of-light table without --detail
+    PLOT_CAPTIONS: Mapping[str, str] = field(default_factory=dict)   # plot file-name prefix -> what it shows
+    WORKERS: bool = False                             # its cases may be set up in worker processes
+    group_key: Callable[[Any], Any] = _own_group      # same key: timed together
+    tables: Callable[[list], Sequence[Any]] = _no_tables          # its own tables, in its short answer too
+    case_tables: Callable[[list], Sequence[Any]] = _no_tables     # per-case tables: `show --detail`, the report
+    plots: Callable[[list, str], list[str]] = _no_plots          # its own figures: PNG paths
+    headline: Callable[[list[Check]], list[Check]] = _no_headline   # the checks that answer QUESTION at a look
+    gated_case: Callable[[Any], bool] = _not_gated    # `gate --against` measures this case
+
+    def __post_init__(self):
+        if (self.setup is None) == (self.run_case is None):
+            raise BadSuite(f"suite {self.NAME!r} needs exactly one of setup and run_case")
+        if not self.QUESTION:
+            object.__setattr__(self, "QUESTION", self.DESCRIPTION)
 
     @property
     def timed(self) -> bool:

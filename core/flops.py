@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from core.components import fused_layout, skinny_width
 from core.config import GRAD_X_FORMS
+from core.scopes import COMPONENTS as SCOPE_COMPONENTS
+from core.scopes import FWD_FROZEN, FWD_LORA, GRAD_A, GRAD_B, GRAD_H, GRAD_X_FROZEN, GRAD_X_LORA, SELECTION
 
 CONVENTION = "2·m·n·k per matmul (FlopCounterMode); element-wise ops, norms, top-k, gathers count 0"
 
-COMPONENTS = ("fwd.frozen", "fwd.lora", "bwd.grad_h", "bwd.grad_B", "bwd.grad_A",
-              "bwd.grad_x_lora", "bwd.grad_x_frozen")
+COMPONENTS = SCOPE_COMPONENTS      # one layer's forward+backward, in order (core.scopes)
 
 
 def layer_flops(N: int, m: int, n: int, r: int, k: int | None = None, r0: int = 0,
@@ -44,20 +45,20 @@ def layer_flops(N: int, m: int, n: int, r: int, k: int | None = None, r0: int = 
     dense = k is None or k == m
     double = not dense and r0 > 0
     out = {
-        "fwd.frozen": 2 * N * m * n,
-        "fwd.lora": 2 * N * r * (n + m),
-        "bwd.grad_h": 2 * N * m * (skinny_width(r, r0) if fused and double else r),
-        "bwd.grad_B": 2 * N * m * r,
-        "bwd.grad_A": 2 * N * r * n,
-        "bwd.grad_x_lora": 2 * N * r * n,
-        "bwd.grad_x_frozen": 2 * N * m * n if dense else
+        FWD_FROZEN: 2 * N * m * n,
+        FWD_LORA: 2 * N * r * (n + m),
+        GRAD_H: 2 * N * m * (skinny_width(r, r0) if fused and double else r),
+        GRAD_B: 2 * N * m * r,
+        GRAD_A: 2 * N * r * n,
+        GRAD_X_LORA: 2 * N * r * n,
+        GRAD_X_FROZEN: 2 * N * m * n if dense else
         2 * N * k * n + 2 * N * r0 * n + (0 if fused else 2 * N * m * r0),
-        "selection": 0 if dense or not (cache_rows and r0) else 2 * k * r0 * n,
+        SELECTION: 0 if dense or not (cache_rows and r0) else 2 * k * r0 * n,
     }
     if form == "fused" and not dense:
         lay = fused_layout(k, r, r0, k_multiple)
-        out.update({"bwd.grad_h": 2 * N * m * lay.w, "bwd.grad_x_frozen": 2 * N * lay.K * n,
-                    "bwd.grad_x_lora": 0})
+        out.update({GRAD_H: 2 * N * m * lay.w, GRAD_X_FROZEN: 2 * N * lay.K * n,
+                    GRAD_X_LORA: 0})
     return out
 
 
@@ -72,4 +73,4 @@ def module_flops(layer, N: int, form: str | None = None) -> dict[str, int]:
 def frozen_share(N: int, m: int, n: int, r: int) -> float:
     """Share of the dense G_y·W0 in a dense LoRA layer's forward+backward FLOPs: 2mn / (4mn + 6r(m+n))."""
     f = layer_flops(N, m, n, r)
-    return f["bwd.grad_x_frozen"] / sum(v for c, v in f.items() if c != "selection")
+    return f[GRAD_X_FROZEN] / sum(v for c, v in f.items() if c != SELECTION)

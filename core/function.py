@@ -26,6 +26,7 @@ import torch
 from torch.profiler import record_function
 
 from core import components as C
+from core.scopes import FWD_FROZEN, FWD_LORA, GRAD_A, GRAD_B, GRAD_H, GRAD_X_FROZEN, GRAD_X_LORA, SELECTION
 
 _NO_SCOPE = contextlib.nullcontext()
 _profiler_enabled = torch._C._autograd._profiler_enabled   # the C++ profiler state, any frontend
@@ -59,9 +60,9 @@ class CELoRAFunction(torch.autograd.Function):
             if dtype is not None:
                 W0, bias = W0.to(dtype), None if bias is None else bias.to(dtype)
             xd = x2 if mask_scale is None else x2 * mask_scale
-            with scope("fwd.frozen"):
+            with scope(FWD_FROZEN):
                 y = C.fwd_frozen(x2, W0, bias)
-            with scope("fwd.lora"):
+            with scope(FWD_LORA):
                 y, h = C.fwd_lora(y, xd, A, B, layer.scale)
         ctx.layer = layer
         ctx.save_for_backward(xd, h, A, B, mask_scale)
@@ -82,32 +83,32 @@ def _backward(layer, gy, xd, h, A, B, mask_scale, need_x, need_A, need_B):
     t = None
     # The index first: in lean mode the skinny operand depends on it.
     if need_x and layer.refresh_due():
-        with scope("selection"):
+        with scope(SELECTION):
             layer.refresh(gy)
     fused = need_x and layer.grad_x_form == "fused"
     # G_h = s·G_y B, shared by G_A and the LoRA part of G_x; with double-LoRA, T = G_y·C
     # in the same read of G_y. Fused form: both land in the left operand of the G_x GEMM.
     if fused:
-        with scope("bwd.grad_h"):
+        with scope(GRAD_H):
             left, g_h = layer.fused_grad_h(gy, B)
     elif need_x or need_A:
-        with scope("bwd.grad_h"):
+        with scope(GRAD_H):
             g_h, t = C.grad_h_fused(gy, B, layer.scale, layer.skinny_operand() if need_x else None)
     # G_B = s·G_yᵀ h: exact.
     if need_B:
-        with scope("bwd.grad_B"):
+        with scope(GRAD_B):
             g_B = C.grad_B(gy, h, layer.scale)
     # G_A = G_hᵀ x_d: exact.
     if need_A:
-        with scope("bwd.grad_A"):
+        with scope(GRAD_A):
             g_A = C.grad_A(g_h, xd)
     # G_x = G_y W0 (dense, or double-LoRA + AMM) + G_h A (exact): one GEMM, or two passes.
     if fused:
-        with scope("bwd.grad_x_frozen"):
+        with scope(GRAD_X_FROZEN):
             g_x = layer.grad_x_fused(gy, left, A)
     elif need_x:
-        with scope("bwd.grad_x_frozen"):
+        with scope(GRAD_X_FROZEN):
             g_x = layer.grad_x_frozen(gy, t)
-        with scope("bwd.grad_x_lora"):
+        with scope(GRAD_X_LORA):
             g_x = C.grad_x_lora(g_x, g_h, A, mask_scale)
     return g_x, g_A, g_B

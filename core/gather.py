@@ -8,7 +8,7 @@ operand) that the gather writes into, instead of a fresh contiguous tensor.
 The method is looked up by device type in METHODS (and, for CUDA, by whether Triton imports):
 - cpu: torch.gather with a broadcast index, ~2× faster than index_select along dim 1 for wide G_y here.
 - cuda: the Triton column-gather kernel (core.triton_gather) where Triton is importable, else
-  index_select. On an H200 (bf16, N=8192, shared/gpu/2026-11-30.md) the kernel + cuBLAS beat
+  index_select. On an H200 (bf16, N=8192, GPU run of 2026-11-30; docs/gpu.md) the kernel + cuBLAS beat
   index_select + cuBLAS on all five measured 8B shapes (1.08–1.37·p against 1.13–1.52·p), so it is
   used for every shape; torch.gather and index_select tie there. A Triton that imports but cannot
   compile or launch the kernel falls back to index_select: the first failure warns once, and every

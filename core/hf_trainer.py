@@ -33,8 +33,9 @@ from transformers import TrainerCallback
 from core.convert import save_adapter
 from core.flops import COMPONENTS
 from core.layer import celora_modules, step
+from core.scopes import SELECTION
 
-SCOPES = COMPONENTS + ("selection",)
+SCOPES = COMPONENTS + (SELECTION,)
 ADAPTER_DIR = "celora-adapter"        # inside each checkpoint-<step> folder
 
 

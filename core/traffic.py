@@ -20,6 +20,7 @@ import math
 
 from core.components import fused_layout, skinny_width
 from core.config import GRAD_X_FORMS
+from core.scopes import FWD_FROZEN, FWD_LORA, GRAD_A, GRAD_B, GRAD_H, GRAD_X_FROZEN, GRAD_X_LORA, SELECTION
 
 INDEX_BYTES = 8
 SECTOR_BYTES = 32        # CUDA: the unit a global load moves between DRAM/L2 and the SMs
@@ -101,29 +102,29 @@ def layer_bytes(N: int, m: int, n: int, r: int, k: int | None = None, r0: int = 
     double = not dense and r0 > 0
     w = skinny_width(r, r0) if double else r
     out = {
-        "fwd.frozen": _mm(b, N, n, m),
-        "fwd.lora": _mm(b, N, n, r) + _mm(b, N, r, m, accumulate=True),
-        "bwd.grad_h": _mm(b, N, m, w),
-        "bwd.grad_B": _mm(b, r, N, m),
-        "bwd.grad_A": _mm(b, r, N, n),
-        "bwd.grad_x_lora": _mm(b, N, r, n, accumulate=True),
+        FWD_FROZEN: _mm(b, N, n, m),
+        FWD_LORA: _mm(b, N, n, r) + _mm(b, N, r, m, accumulate=True),
+        GRAD_H: _mm(b, N, m, w),
+        GRAD_B: _mm(b, r, N, m),
+        GRAD_A: _mm(b, r, N, n),
+        GRAD_X_LORA: _mm(b, N, r, n, accumulate=True),
     }
     if dense:
-        out["bwd.grad_x_frozen"] = _mm(b, N, m, n)
-        out["selection"] = 0
+        out[GRAD_X_FROZEN] = _mm(b, N, m, n)
+        out[SELECTION] = 0
         return out
     cols = column_gather_bytes(b, N, m, k, device)                   # G_y[:, I]: (N, m) -> (N, k)
     rows_gather = 0 if cache_rows else gather_bytes(b, n, k)        # W0[I, :] in lean mode
     if form == "fused":
         lay = fused_layout(k, r, r0, k_multiple)
         copies = 2 * b * (lay.r0 if not cache_rows else 0) * n + 2 * b * r * n   # A0 (lean) and A into the right
-        out["bwd.grad_h"] = _mm(b, N, m, lay.w)
-        out["bwd.grad_x_frozen"] = cols + rows_gather + copies + _mm(b, N, lay.K, n)
-        out["bwd.grad_x_lora"] = 0
+        out[GRAD_H] = _mm(b, N, m, lay.w)
+        out[GRAD_X_FROZEN] = cols + rows_gather + copies + _mm(b, N, lay.K, n)
+        out[GRAD_X_LORA] = 0
     else:
-        out["bwd.grad_x_frozen"] = (cols + rows_gather + _mm(b, N, k, n)
+        out[GRAD_X_FROZEN] = (cols + rows_gather + _mm(b, N, k, n)
                                     + (_mm(b, N, r0, n, accumulate=True) if r0 else 0))
-    out["selection"] = b * N * m + 4 * m + INDEX_BYTES * k + (
+    out[SELECTION] = b * N * m + 4 * m + INDEX_BYTES * k + (
         b * (2 * k * n + k * r0 + r0 * n) if cache_rows else (b * 2 * m * r0 if r0 else 0))
     out["detail.gather"] = cols
     out["detail.kept_product"] = _mm(b, N, k, n)

@@ -5,7 +5,7 @@ nothing here is needed to install or run the project on a CPU. Each program copi
 BLOCK_R-row × BLOCK_K-index tile: it loads I[j] for its BLOCK_K indices, loads
 G[rows, I[j]] and stores the tile contiguous. On an H200 (bf16, N=8192) 8×256 tiles took
 0.117 ms where index_select took 0.188 ms for 14336→7168 columns, and gather + cuBLAS
-was faster with this kernel on every measured shape (shared/gpu/2026-11-30.md).
+was faster with this kernel on every measured shape (GPU run of 2026-11-30; docs/gpu.md).
 
 Under ``TRITON_INTERPRET=1`` the same kernel runs on CPU tensors (the correctness test).
 The launch runs under G's device guard (``torch.cuda.device(gy.device)``): Triton launches on the

@@ -20,8 +20,9 @@ import statistics
 from celora_bench import intervals as I
 from celora_bench import models
 from celora_bench.cases import Case, Row
-from celora_bench.suite import Check, Options
+from celora_bench.suite import Check, Options, Suite
 from core.config import GRAD_X_FORM, balanced_rank
+from core.scopes import GRAD_X_FROZEN, GRAD_X_LORA
 from suites import layer_bench
 
 NAME = "core-forms"
@@ -30,7 +31,7 @@ QUESTION = "Is the fused G_x form faster than the split one on this device (the 
 FORMS = ("split", "fused")
 LAYERS = ("q_proj", "gate_proj", "down_proj")
 P, RANK = 0.5, 16
-JUDGED = ("bwd", "bwd.grad_x_frozen", "bwd.grad_x_lora")
+JUDGED = ("bwd", GRAD_X_FROZEN, GRAD_X_LORA)
 FORM_CHECK = "0. the layer ran the form asked"
 RATIO_CHECK = "1. fused / split"
 
@@ -86,7 +87,7 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
         for form, case in cs.items():
             step = idx.get((case, "step.alloc"))
             if step is not None:        # what the profiled forward+backward ran: G_h·A apart (split) or not
-                lora = step.extra.get("flops_by_scope", {}).get("bwd.grad_x_lora", 0)
+                lora = step.extra.get("flops_by_scope", {}).get(GRAD_X_LORA, 0)
                 got = "split" if lora else "fused"
                 out.append(Check(FORM_CHECK, _scope(case), f"{form} form", float(got == form), f"== {form}",
                                  "PASS" if got == form else "FAIL",
@@ -99,8 +100,8 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
             iv = I.paired_ratio(_series(get[("fused", "bwd")]), _series(get[("split", "bwd")]))
             whole += [iv.value] if iv is not None else []
             out.append(_ratio_check(_scope(split), "whole backward", iv, ((fused.id, "bwd"), (split.id, "bwd"))))
-        parts = [get[("fused", "bwd.grad_x_frozen")], get[("split", "bwd.grad_x_frozen")],
-                 get[("split", "bwd.grad_x_lora")]]
+        parts = [get[("fused", GRAD_X_FROZEN)], get[("split", GRAD_X_FROZEN)],
+                 get[("split", GRAD_X_LORA)]]
         if all(r is not None and r.samples for r in parts):
             iv = I.over_rounds(lambda f, s, lora: f / (s + lora), [_series(r) for r in parts])
             out.append(_ratio_check(_scope(split), "G_x part", iv, tuple((r.case.id, r.component) for r in parts)))
@@ -111,3 +112,7 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
                          f"range {min(whole):.3f}-{max(whole):.3f}; the default form here: "
                          f"{GRAD_X_FORM.get(device, 'split')} (core.config.GRAD_X_FORM)", kind="info"))
     return [c for c in out if c is not None]
+
+
+SUITE = Suite(NAME=NAME, DESCRIPTION=DESCRIPTION, QUESTION=QUESTION, cases=cases, setup=setup, verdict=verdict,
+              JUDGED=JUDGED, group_key=group_key, case_tables=layer_bench.tables)

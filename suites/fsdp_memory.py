@@ -12,6 +12,8 @@ W0, fp32 LoRA and Adam state) over --world ranks.
                                                        # GPU per rank, else gloo on the CPU
     torchrun --nproc-per-node 2 scripts/fsdp_memory.py # the same under torchrun
     python scripts/fsdp_memory.py --analytic-only --model llama-3.1-8b --world 8
+
+Not a registered suite: a study of one table, run by scripts/fsdp_memory.py (main here).
 """
 from __future__ import annotations
 
@@ -25,15 +27,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import core  # noqa: E402
-import core.fsdp  # noqa: E402
-from celora_bench import (
-    distributed,  # noqa: E402
-    models,  # noqa: E402
-)
-from core.config import balanced_rank  # noqa: E402
+import core
+import core.fsdp
+from celora_bench import distributed, models
+from core.config import balanced_rank
 
 PROVIDERS = {"lora (dense)": ("dense", False), "celora-paper lean": ("paper", False),
              "celora-all lean": ("all", False), "celora-all cached": ("all", True)}
@@ -163,7 +160,3 @@ def main(argv=None) -> int:
     if distributed.world_size_from_env() <= 1 or int(os.environ.get("RANK", "0")) == 0:
         _print_analytic(args.model, args.world)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

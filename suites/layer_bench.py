@@ -10,13 +10,15 @@ import torch
 from torch import nn
 
 import core
-from celora_bench.cases import Case
-from celora_bench.flops import fvcore_forward
+from celora_bench.cases import Case, Row
+from celora_bench.flops import CONVENTION, fvcore_forward
 from celora_bench.measure import Target
 from celora_bench.memory import tensor_bytes
+from celora_bench.render.tables import Table, by_case, case_label, mib, ms, parts_sum, table
 from core import components as C
 from core import gather
 from core.flops import COMPONENTS, layer_flops, module_flops
+from core.scopes import FWD_FROZEN, FWD_LORA, GRAD_A, GRAD_B, GRAD_H, GRAD_X_FROZEN, GRAD_X_LORA, SELECTION
 from core.traffic import layer_bytes, module_bytes
 from suites import factors
 
@@ -117,7 +119,7 @@ def setup(case: Case) -> Target:
     analytic = {"fwd+bwd": sum(dense[c] for c in COMPONENTS)}
     dense_bytes = layer_bytes(case.tokens, case.m, case.n, case.rank, b=x.element_size())
     target = Target(whole={"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd}, count=count,
-                    scopes=COMPONENTS + ("selection",), analytic=analytic,
+                    scopes=COMPONENTS + (SELECTION,), analytic=analytic,
                     state_bytes=tensor_bytes(*_lora_params(module)), state_what=STATE_WHAT,
                     bytes={"fwd+bwd": sum(dense_bytes[c] for c in COMPONENTS)})
     target.notes["fwd"] = lambda: _fvcore_note(module, x)        # a jit trace: made once, by prepare
@@ -172,25 +174,25 @@ def _add_components(case: Case, layer: core.CELoRALinear, x, gy, y_kept, target:
     y_buf = y_kept.detach().clone()                      # in-place targets, reused
     gx_buf = torch.zeros_like(x2)
     target.parts = {
-        "fwd.frozen": lambda: C.fwd_frozen(x2, W0, bias),
-        "fwd.lora": lambda: C.fwd_lora(y_buf, xd, A, B, s),
-        "bwd.grad_h": lambda: C.grad_h_fused(gy, B, s, layer.skinny_operand()),
-        "bwd.grad_B": lambda: C.grad_B(gy, h, s),
-        "bwd.grad_A": lambda: C.grad_A(g_h, xd),
-        "bwd.grad_x_lora": lambda: C.grad_x_lora(gx_buf, g_h, A),
-        "bwd.grad_x_frozen": lambda: layer.grad_x_frozen(gy, t),
+        FWD_FROZEN: lambda: C.fwd_frozen(x2, W0, bias),
+        FWD_LORA: lambda: C.fwd_lora(y_buf, xd, A, B, s),
+        GRAD_H: lambda: C.grad_h_fused(gy, B, s, layer.skinny_operand()),
+        GRAD_B: lambda: C.grad_B(gy, h, s),
+        GRAD_A: lambda: C.grad_A(g_h, xd),
+        GRAD_X_LORA: lambda: C.grad_x_lora(gx_buf, g_h, A),
+        GRAD_X_FROZEN: lambda: layer.grad_x_frozen(gy, t),
     }
     form = layer.grad_x_form
     if form == "fused":              # what the Function runs: G_h·A inside the one GEMM, no grad_x_lora
         left, _ = layer.fused_grad_h(gy, B)
-        del target.parts["bwd.grad_x_lora"]
-        target.parts["bwd.grad_h"] = lambda: layer.fused_grad_h(gy, B)
-        target.parts["bwd.grad_x_frozen"] = lambda: layer.grad_x_fused(gy, left, A)
-        target.notes["bwd.grad_x_frozen"] = "fused form: G_y[:, I]·rows + T·A0 + G_h·A in one GEMM"
+        del target.parts[GRAD_X_LORA]
+        target.parts[GRAD_H] = lambda: layer.fused_grad_h(gy, B)
+        target.parts[GRAD_X_FROZEN] = lambda: layer.grad_x_fused(gy, left, A)
+        target.notes[GRAD_X_FROZEN] = "fused form: G_y[:, I]·rows + T·A0 + G_h·A in one GEMM"
     counts = module_flops(layer, case.tokens)
-    target.analytic.update({c: v for c, v in counts.items() if c in target.parts or c == "selection"})
+    target.analytic.update({c: v for c, v in counts.items() if c in target.parts or c == SELECTION})
     target.analytic["fwd+bwd"] = sum(counts[c] for c in COMPONENTS)
-    target.extra["bwd.grad_x_frozen"] = {"k": layer.k, "k_multiple": layer.k_multiple, "p_eff": layer.k / case.m,
+    target.extra[GRAD_X_FROZEN] = {"k": layer.k, "k_multiple": layer.k_multiple, "p_eff": layer.k / case.m,
                                          "r0": layer.r0, "grad_x_form": form,
                                          "gather": gather.methods_used().get(W0.device.type, "")}
     traffic = module_bytes(layer, case.tokens, gy.element_size())
@@ -202,10 +204,35 @@ def _add_components(case: Case, layer: core.CELoRALinear, x, gy, y_kept, target:
         target.parts["detail.gather"] = lambda: gather.gather_columns(gy, layer.idx)
         target.parts["detail.kept_product"] = lambda: torch.mm(kept, rows)
         target.analytic.update({"detail.gather": 0, "detail.kept_product": 2 * case.tokens * layer.k * case.n})
-    target.bytes = {c: v for c, v in traffic.items() if c in target.parts or c == "selection"}
+    target.bytes = {c: v for c, v in traffic.items() if c in target.parts or c == SELECTION}
     target.bytes["fwd+bwd"] = sum(traffic[c] for c in COMPONENTS)
     if not layer.dense:
-        target.parts["selection"] = lambda: layer.refresh(gy)
-        target.amortized["selection.amortized"] = ("selection", case.tau)
+        target.parts[SELECTION] = lambda: layer.refresh(gy)
+        target.amortized["selection.amortized"] = (SELECTION, case.tau)
     target.state_bytes = tensor_bytes(layer.lora_A, layer.lora_B, layer.B0, layer.A0, layer.res_sq,
                                       layer.idx, layer.rows)
+
+
+def tables(rows: list[Row]) -> list[Table]:
+    """The layer suites' per-case table: one line per case: the whole fwd+bwd, the sum of its parts, G_y·W0,
+    selection, memory."""
+    if not rows:
+        return []
+    t = table(f"{rows[0].case.suite}: per case",
+              ["model / layer", "N", "r", "provider", "fwd+bwd ms", "Σparts ms", "gap %", "G_y·W0 ms",
+               "G_y·W0 GFLOP", "sel. amort. ms", "fwd peak MiB", "bwd peak MiB", "state MiB"],
+              ("model / layer", "provider"),
+              f"times: median ms over raw samples (* = IQR/median > 10%); memory MiB; {CONVENTION}")
+    cases = by_case(rows)
+    for case in sorted(cases, key=lambda c: (c.model, c.tokens, c.rank, c.layer, c.provider != "dense",
+                                             c.provider != "peft", c.keep_ratio, c.svd_rank, c.cache_rows)):
+        comps = cases[case]
+        whole, ps, gx = comps.get("fwd+bwd"), parts_sum(comps), comps.get(GRAD_X_FROZEN)
+        gap = (f"{(whole.time.median - ps) / whole.time.median * 100:+.1f}"
+               if ps and whole is not None and whole.time else "—")
+        t.add_row(f"{case.model} {case.layer} {case.m}x{case.n}", case.tokens, case.rank, case_label(case),
+                  ms(whole), f"{ps * 1e3:.2f}" if ps else "—", gap, ms(gx),
+                  f"{gx.flops_analytic / 1e9:.3f}" if gx and gx.flops_analytic is not None else "—",
+                  ms(comps.get("selection.amortized")), *(mib(comps[k].mem_bytes) if k in comps else "—"
+                                                          for k in ("fwd", "bwd", "state")))
+    return [t]

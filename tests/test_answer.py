@@ -49,7 +49,8 @@ def test_the_verdict_figure_draws_exactly_the_verdicts_values_and_intervals(tmp_
     plots = importlib.import_module("suites.backward_breakdown.plots")
     drawn = []
     real = plots.speedup
-    monkeypatch.setattr(plots, "speedup", lambda checks, title, path: drawn.append(checks) or real(checks, title, path))
+    monkeypatch.setattr(plots, "speedup", lambda checks, title, path, device="cpu": drawn.append(checks)
+                        or real(checks, title, path, device))
     run = results.load(RUN)
     paths = figures.plot(run, str(tmp_path))
     assert any("speedup-" in p for p in paths) and len(drawn) == 1

@@ -51,7 +51,7 @@ def _checks(deltas_acc):
     rows = [_final("lora", s, v, 1.0) for s, v in lora.items()]
     for arm, d in deltas_acc.items():
         rows += [_final(arm, s, lora[s] + x, 1.0) for s, x in zip(lora, d)]
-    return {c.scope.split(",")[0]: c for c in convergence.verdict(rows) if "[accuracy]" in c.check}
+    return {c.scope.split(",")[0]: c for c in convergence.checks.verdict(rows) if "[accuracy]" in c.check}
 
 
 def test_equivalence_verdict_equivalent_worse_undecided():

@@ -60,7 +60,7 @@ def test_cuda_suite_runs(tmp_path):
     assert run.machine_info["gpu"]["name"] and not run.errors
 
 
-# ---- issue 11: every output against the float64 formula, the Triton gather, k rounded for the GPU ----
+# ---- every output against the float64 formula, the Triton gather, k rounded for the GPU ----
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("keep_ratio", [1.0, 0.5, 0.25])
@@ -128,7 +128,7 @@ def test_k_rounds_to_64_after_to_cuda_bf16():
     assert layer.k == 576 and layer.refresh_due() is False   # fp32 on CUDA: 16 divides 576 too
 
 
-# ---- "GPU right on first contact": autocast, the fused G_x form, alignment, a second GPU ----
+# ---- autocast, the fused G_x form, alignment, a second GPU ----
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cache_rows", [False, True])

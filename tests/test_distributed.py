@@ -99,8 +99,7 @@ def test_two_ranks_on_one_gpu_are_refused_before_joining(monkeypatch):
 
 
 def test_fsdp_memory_picks_the_cpu_on_a_one_gpu_machine(monkeypatch):
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-    import fsdp_memory
+    from suites import fsdp_memory
     _gpus(monkeypatch, 1)
     seen = {}
     monkeypatch.setattr(distributed, "init", lambda device: seen.setdefault("device", device) and False)

@@ -12,7 +12,7 @@ from celora_bench import flops, memory, results, runner
 from celora_bench.cases import Case, Row
 from celora_bench.measure import measure_group
 from celora_bench.rounds import time_rounds
-from celora_bench.suite import Options
+from celora_bench.suite import Options, Suite
 from celora_bench.timing import TimeStats, TimingBudget
 from core.flops import COMPONENTS, layer_flops
 from suites import layer_bench
@@ -142,6 +142,12 @@ def test_load_missing_file(tmp_path):
         results.load(str(tmp_path / "nope.json"))
 
 
+def fake_suite(cls) -> Suite:
+    """A stand-in class declared as the Suite it stands for."""
+    return Suite(NAME=cls.NAME, DESCRIPTION=cls.DESCRIPTION, cases=cls.cases, verdict=cls.verdict,
+                 run_case=cls.run_case)
+
+
 class _Suite:
     """A stand-in suite whose third case is interrupted."""
 
@@ -168,7 +174,7 @@ class _Suite:
 
 def test_interrupt_keeps_rows_and_resume_skips_them(tmp_path, monkeypatch):
     from celora_bench import registry
-    monkeypatch.setattr(registry, "get", lambda name: registry.load(_Suite))
+    monkeypatch.setattr(registry, "get", lambda name: fake_suite(_Suite))
     monkeypatch.setattr(runner, "warm_up", lambda device: None)
     monkeypatch.setattr(runner, "calibrate", lambda ctx: {})
     path = str(tmp_path / "r.json")
@@ -196,7 +202,7 @@ def test_a_case_that_raises_any_error_is_recorded_and_the_next_case_runs(tmp_pat
             if case.tokens == 2:
                 raise TypeError("a bug in one section")
             return [Row(case, "fwd", (0.1,))]
-    monkeypatch.setattr(registry, "get", lambda name: registry.load(Raising))
+    monkeypatch.setattr(registry, "get", lambda name: fake_suite(Raising))
     monkeypatch.setattr(runner, "warm_up", lambda device: None)
     monkeypatch.setattr(runner, "calibrate", lambda ctx: {})
     done = runner.run(["fake"], Options(), str(tmp_path / "r.json"))
@@ -205,17 +211,29 @@ def test_a_case_that_raises_any_error_is_recorded_and_the_next_case_runs(tmp_pat
     assert len(done.rows) == 2 and done.status == "complete-with-errors"
 
 
-def test_the_registry_checks_the_suite_interface_and_fills_its_defaults():
+def test_every_suite_declares_a_suite_and_the_declaration_fills_its_defaults():
     from celora_bench import registry
 
-    for name in registry.names():                      # every registered suite provides the interface
+    for name in registry.names():                      # every registered suite declares SUITE = Suite(...)
         s = registry.get(name)
-        assert s.NAME == name and s.QUESTION and s.JUDGED and callable(s.tables) and callable(s.plots)
-    s = registry.load(_Suite)
+        assert isinstance(s, Suite) and s.NAME == name and s.QUESTION and callable(s.tables) and callable(s.plots)
+        assert s.JUDGED or not s.timed                  # a timed suite names the components its verdict reads
+    s = fake_suite(_Suite)
     assert not s.timed and s.group_key(_Suite.cases(None)[0]) == _Suite.cases(None)[0].id and s.plots([], ".") == []
-
-    class NoMeasure:
-        NAME, DESCRIPTION = "x", "y"
-        cases = verdict = staticmethod(lambda *a: [])
+    assert s.QUESTION == "a stand-in" and not s.gated_case(_Suite.cases(None)[0])
     with pytest.raises(registry.BadSuite, match="exactly one of setup and run_case"):
-        registry.load(NoMeasure)
+        Suite(NAME="x", DESCRIPTION="y", cases=lambda o: [], verdict=lambda r, m=None: [])
+
+
+def test_the_registry_refuses_a_package_without_its_declaration(monkeypatch):
+    import types
+
+    from celora_bench import registry
+    monkeypatch.setitem(registry.SUITES, "no-decl", "fake_pkg_no_decl")
+    monkeypatch.setitem(__import__("sys").modules, "fake_pkg_no_decl", types.ModuleType("fake_pkg_no_decl"))
+    registry.get.cache_clear()
+    try:
+        with pytest.raises(registry.BadSuite, match="declares no SUITE"):
+            registry.get("no-decl")
+    finally:
+        registry.get.cache_clear()

@@ -60,11 +60,13 @@ def test_a_file_is_judged_with_the_between_run_sd_it_recorded():
     """registry wraps every verdict: machine_info["run_sd"] widens the intervals; a file without it (made
     before) is judged as it was, whatever the default is now."""
     from celora_bench import registry
+    from celora_bench.suite import Suite
 
     def verdict(rows, machine=None):
         return I.of_values([1.0, 1.01, 0.99, 1.0, 1.02, 0.98], procs=[0, 0, 1, 1, 2, 2])
 
-    judged = registry._with_run_sd(verdict)
+    judged = registry.declared(Suite(NAME="x", DESCRIPTION="y", cases=lambda o: [], verdict=verdict,
+                                     run_case=lambda c, ctx: [])).verdict
     old, new = judged([], {}), judged([], {"run_sd": 0.05})
     assert old == verdict([]) and new.lo < old.lo and new.hi > old.hi
 

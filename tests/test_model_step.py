@@ -7,7 +7,7 @@ from celora_bench import models, results, runner
 from celora_bench.suite import Options, budget_for
 from core import selection
 from core.flops import COMPONENTS
-from suites import factors, model_step
+from suites import causal_lm, factors, model_step
 
 BUDGET = budget_for("quick")
 SVD_CALLS: list[tuple] = []    # (shape, r0) of every factors.lowrank_split call during the module's run
@@ -84,7 +84,7 @@ def test_models_are_built_on_the_device_in_the_dtype(monkeypatch):
         seen.update(device=p.device, dtype=p.dtype)
         return model
     monkeypatch.setattr(models, "build_model", spy)
-    model = model_step.build("tiny", torch.device("meta"), torch.bfloat16)
+    model = causal_lm.build("tiny", torch.device("meta"), torch.bfloat16)
     assert seen == {"device": torch.device("meta"), "dtype": torch.bfloat16}     # as built, before any move
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert torch.get_default_dtype() == torch.float32

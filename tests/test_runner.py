@@ -8,7 +8,7 @@ from celora_bench import intervals as I
 from celora_bench import registry, results, runner
 from celora_bench.cases import Case
 from celora_bench.measure import Target
-from celora_bench.suite import Check, Options
+from celora_bench.suite import Check, Options, Suite
 from celora_bench.timing import TimingBudget
 
 BUDGET = TimingBudget(all_rounds=2, rounds=3, stages=(5, 8), block_s=0.0005)
@@ -49,9 +49,13 @@ class _Suite:
         return [Check("c", "L0", "m", 1.0, "", "PASS" if n >= _Suite.need else "NOISE", reads=keys, rounds=n)]
 
 
+SUITE = Suite(NAME="fake", DESCRIPTION="a stand-in", cases=_Suite.cases, setup=_Suite.setup, verdict=_Suite.verdict,
+              group_key=_Suite.group_key, JUDGED=_Suite.JUDGED)
+
+
 @pytest.fixture
 def fake(monkeypatch):
-    monkeypatch.setattr(registry, "get", lambda name: registry.load(_Suite))
+    monkeypatch.setattr(registry, "get", lambda name: SUITE)
     monkeypatch.setattr(runner, "warm_up", lambda device: None)
     monkeypatch.setattr(runner, "calibrate", lambda ctx: {})
     _Suite.need, _Suite.stop_at, _Suite.calls = 6, None, 0

@@ -28,7 +28,7 @@ def _dense_rows(case, comp=1.0, whole=2.0, spread=0.0):
 
 
 def _checks(rows, metric_part):
-    return [c for c in bb.verdict(rows) if metric_part in c.metric]
+    return [c for c in bb.checks.verdict(rows) if metric_part in c.metric]
 
 
 @pytest.mark.parametrize("comp,whole,status", [(1.0, 2.0, "PASS"), (1.0, 4.0, "FAIL"), (0.8, 2.0, "NOISE"),
@@ -62,7 +62,8 @@ def _celora_rows(case, comp, whole, sel=None, flops=None, k=None, grad_h=0.01, s
     r, r0 = case.rank, case.svd_rank
     w = -(-(r + r0) // 16) * 16 if r0 else r                     # the fused [s·B | C] padded to 16 columns
     gh = 2 * N * case.m * w
-    f = flops if flops is not None else bb.expected_frozen_flops(N, case.m, N_, k, r, r0) - 2 * N * case.m * (w - r)
+    f = (flops if flops is not None
+         else bb.checks.expected_frozen_flops(N, case.m, N_, k, r, r0) - 2 * N * case.m * (w - r))
     rows = [_row(case, "bwd.grad_x_frozen", comp, f, spread, phase=2, k=k, k_multiple=1, r0=r0),
             _row(case, "fwd+bwd", whole, None, spread, phase=2), _row(case, "bwd.grad_h", grad_h, gh)]
     if sel is not None:
@@ -95,6 +96,21 @@ def test_amdahl_fraction_uses_the_measured_dense_share_and_charges_the_selection
     assert r.value == pytest.approx((2.0 / 1.8) / (4 / 3)) and "selection charged" in r.detail
 
 
+@pytest.mark.parametrize("device,dtype,r0,line", [("cpu", "float32", 0, 0.95), ("cpu", "float32", 14, 0.95),
+                                                   ("cuda", "bfloat16", 0, 0.90), ("cuda:1", "bfloat16", 14, 0.85)])
+def test_the_amdahl_line_is_the_devices_one_that_gpu_targets_reads_too(device, dtype, r0, line):
+    """One table (suites.lines) for backward-breakdown's check 3 and gpu-targets' layers section: a layer at
+    0.93 of its bound PASSes a 0.90 or 0.85 line and FAILs a 0.95 one, in both suites alike."""
+    from suites import lines
+    assert lines.amdahl_line(device, r0) == line
+    shape = dict(m=1024, device=device, dtype=dtype)          # k = 512: a multiple of CUDA's 64 too
+    d, c = _case(**shape), _case("celora", p=0.5, r0=r0, **shape)
+    rows = _dense_rows(d, 1.0, 2.0) + _celora_rows(c, 0.5, 2.0 / (0.93 * 4 / 3))
+    (r,) = _checks(rows, "bound")
+    assert r.target == f">= {line:.2f}" and r.value == pytest.approx(0.93)
+    assert r.status == ("PASS" if line < 0.93 else "FAIL")
+
+
 @pytest.mark.parametrize("p,start,noise", [(0.5, 0.98, 0.01), (0.25, 0.97, 0.005)])
 def test_a_20_percent_slower_ce_lora_g_y_w0_fails_the_amdahl_check(p, start, noise):
     """Falsifiable: a layer at `start` of its bound passes (0.96-0.98 measured here); make CE-LoRA's G_y·W0
@@ -116,12 +132,12 @@ def test_a_20_percent_slower_ce_lora_g_y_w0_fails_the_amdahl_check(p, start, noi
 
 def test_the_configured_p_is_judged_not_the_k_the_layer_ran():
     d, c = _case(), _case("celora", p=0.5, r0=2)
-    (e,) = [x for x in bb.verdict(_dense_rows(d) + _celora_rows(c, 0.5, 1.5)) if x.kind == "exact"
+    (e,) = [x for x in bb.checks.verdict(_dense_rows(d) + _celora_rows(c, 0.5, 1.5)) if x.kind == "exact"
             and x.scope.startswith("q_proj N=")]
     want = (32 * N_ + 2 * N_ + M * (16 - 4)) / (M * N_)   # k n + r0 n + m·(w − r), w = 4 + 2 padded to 16
     assert e.value == pytest.approx(want) and e.status == "PASS"
     fallback = _dense_rows(d) + _celora_rows(c, 1.0, 2.0, k=M, flops=2 * N * M * N_)   # the layer ran k = m
-    checks = bb.verdict(fallback)
+    checks = bb.checks.verdict(fallback)
     (e,) = [x for x in checks if x.kind == "exact" and x.scope.startswith("q_proj N=")]
     assert e.status == "FAIL" and "k run 64, rule 32" in e.detail
     (r,) = [x for x in checks if "time ratio" in x.metric]
@@ -131,16 +147,16 @@ def test_the_configured_p_is_judged_not_the_k_the_layer_ran():
 
 
 def test_k_rule_is_written_apart_from_core():
-    assert bb.k_rule(_case("celora", p=0.55, m=1000))[0] == 550
-    assert bb.k_rule(_case("celora", p=0.55, m=1000, device="cuda", dtype="bfloat16")) == (576, 64)
-    assert bb.k_rule(_case("celora", p=0.55, m=1000, device="cuda:1", dtype="float32")) == (560, 16)
-    assert bb.k_rule(_case("celora", p=0.99, m=1000, device="cuda", dtype="bfloat16")) == (1000, 64)
+    assert bb.checks.k_rule(_case("celora", p=0.55, m=1000))[0] == 550
+    assert bb.checks.k_rule(_case("celora", p=0.55, m=1000, device="cuda", dtype="bfloat16")) == (576, 64)
+    assert bb.checks.k_rule(_case("celora", p=0.55, m=1000, device="cuda:1", dtype="float32")) == (560, 16)
+    assert bb.checks.k_rule(_case("celora", p=0.99, m=1000, device="cuda", dtype="bfloat16")) == (1000, 64)
 
 
 def test_every_case_gets_one_exact_check_and_counts_keep_them_apart():
     from celora_bench.render.view import verdict_counts
     d, c = _case(), _case("celora", p=0.5)
-    checks = bb.verdict(_dense_rows(d, spread=0.03) + _celora_rows(c, 0.5, 1.5, spread=0.03))
+    checks = bb.checks.verdict(_dense_rows(d, spread=0.03) + _celora_rows(c, 0.5, 1.5, spread=0.03))
     exact = [x for x in checks if x.kind == "exact"]
     assert len(exact) == 2 and all(x.status == "PASS" for x in exact)
     timed = [x for x in checks if x.kind == "measured"]
@@ -161,7 +177,7 @@ def test_kernel_time_is_judged_on_cuda_with_wall_time_beside_it():
 def test_a_file_from_before_rounds_is_not_paired():
     d = _case()
     rows = [Row(d, "bwd.grad_x_frozen", (1.0, 1.1), 100, 100), Row(d, "fwd+bwd", (2.0, 2.1), 200, 200)]
-    checks = bb.verdict(rows)
+    checks = bb.checks.verdict(rows)
     assert [c.kind for c in checks] == ["info", "exact"] and "re-measure" in checks[0].detail
     with pytest.raises(intervals.Unpaired):
         intervals.paired_ratio(rows[0].series, rows[1].series)
@@ -186,7 +202,7 @@ def _step_rows(provider, step_s, step_flops, gx_flops=None):
 def test_model_step_pairs_predicted_and_measured_speed_ups():
     rows = (_step_rows("dense", 1.0, 1000, 400) + _step_rows("peft", 1.2, 1000)
             + _step_rows("celora-paper", 0.95, 800) + _step_rows("celora-all", 0.8, 700))
-    checks = model_step.verdict(rows)
+    checks = model_step.checks.verdict(rows)
     by = {(c.check[:2], c.scope.split()[-1], c.metric): c for c in checks}
     assert by[("2.", "celora-paper", "FLOP-predicted")].value == pytest.approx(1000 / 800)
     measured = by[("2.", "celora-paper", "measured")]

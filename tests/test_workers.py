@@ -143,6 +143,20 @@ def test_export_core_writes_that_commits_core(tmp_path):
     assert open(tmp_path / "core" / "config.py").read() == want
 
 
+def test_export_core_adds_only_the_modules_rev_lacks(tmp_path):
+    """A module the candidate's core/ added since REV is copied in (the suites import it); REV's own modules
+    stay REV's, whatever the candidate has."""
+    cand = tmp_path / "cand"
+    cand.mkdir()
+    (cand / "config.py").write_text("# the candidate's config\n")
+    (cand / "added_since.py").write_text("X = 1\n")
+    dest = tmp_path / "base"
+    added = abgate.export_core(abgate.resolve("HEAD"), str(dest), candidate=str(cand))
+    assert added == ["core/added_since.py"]
+    assert (dest / "core" / "added_since.py").read_text() == "X = 1\n"
+    assert "the candidate's config" not in (dest / "core" / "config.py").read_text()
+
+
 def test_the_ab_gate_never_splits_a_layer_shape_across_chunks(monkeypatch):
     """A shape's cases are timed together, as the suite times them: one chunk, always."""
     from celora_bench import memory

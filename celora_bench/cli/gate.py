@@ -24,7 +24,8 @@ exit: 0 no regression, 1 regression, 2 bad input
 GATE_HELP = """Gate the working tree's core/ against a git revision's, or against a stored baseline.
 
 --against REV (what CI runs: the previous commit) measures REV's core/ and the working
-tree's on this machine, now: the quick backward-breakdown dense and CE-LoRA cases set up
+tree's on this machine, now: the cases the headline suite gates (backward-breakdown: dense
+LoRA and CE-LoRA at p = 0.5, lean, cached and double-LoRA, per layer shape) set up
 in 4 fresh worker processes per side, 24 rounds per side dealt to all 8 in random order.
 Each gated quantity (the time of G_y·W0, G_h, the refresh and fwd+bwd of every case) is
 compared as candidate/base with a 90% interval. A quantity with an interval reaching 1.10

@@ -10,7 +10,8 @@ from celora_bench.cli.common import CLIError, _console, _load
 def add_show(sub) -> None:
     show = sub.add_parser("show", help="render a saved run's tables and verdict")
     show.add_argument("run", metavar="RUN")
-    show.add_argument("--detail", action="store_true", help="every case's component table")
+    show.add_argument("--detail", action="store_true",
+                      help="every table and the full verdict (default: the short answer `run` ends with)")
 
 
 def add_export(sub) -> None:
@@ -49,9 +50,13 @@ def add_report(sub) -> None:
 
 
 def cmd_show(args) -> int:
-    from celora_bench.render import terminal
+    from celora_bench.render import answer, terminal
 
-    terminal.render(_load(args.run), _console(), detail=args.detail)
+    run = _load(args.run)
+    if args.detail:
+        terminal.render(run, _console(), detail=True)
+    else:
+        answer.render(run, _console())
     return 0
 
 

@@ -15,7 +15,6 @@ from celora_bench.models import layer_order
 
 PARTS_PREFIX = ("fwd.", "bwd.")
 LAUNCH_MARK = "⚑ launch-bound"
-ROOFLINE_SHOWN = ("bwd.grad_x_frozen", "detail.gather", "detail.kept_product")   # without --detail
 ROOFLINE_CAPTION = ("speed of light: analytic bytes (each operand read once, each result written once), "
                     "intensity = FLOPs/byte, achieved = FLOPs (bytes) over the median time, roof = the one that "
                     "binds at that intensity, SOL = achieved / roof; peaks calibrated at the start of the run")
@@ -80,27 +79,6 @@ def parts_sum(comps: dict[str, Row]) -> float | None:
 
 def launch_bound(row: Row) -> bool:
     return bool(row.extra.get("launch_bound"))
-
-
-def summary_table(title: str, rows: list[Row]) -> Table:
-    """One line per case: the whole fwd+bwd, the sum of its parts, G_y·W0, selection, memory."""
-    t = table(title, ["model / layer", "N", "r", "provider", "fwd+bwd ms", "Σparts ms", "gap %", "G_y·W0 ms",
-                      "G_y·W0 GFLOP", "sel. amort. ms", "fwd peak MiB", "bwd peak MiB", "state MiB"],
-              ("model / layer", "provider"),
-              f"times: median ms over raw samples (* = IQR/median > 10%); memory MiB; {CONVENTION}")
-    cases = by_case(rows)
-    for case in sorted(cases, key=lambda c: (c.model, c.tokens, c.rank, c.layer, c.provider != "dense",
-                                             c.provider != "peft", c.keep_ratio, c.svd_rank, c.cache_rows)):
-        comps = cases[case]
-        whole, ps, gx = comps.get("fwd+bwd"), parts_sum(comps), comps.get("bwd.grad_x_frozen")
-        gap = (f"{(whole.time.median - ps) / whole.time.median * 100:+.1f}"
-               if ps and whole is not None and whole.time else "—")
-        t.add_row(f"{case.model} {case.layer} {case.m}x{case.n}", case.tokens, case.rank, case_label(case),
-                  ms(whole), f"{ps * 1e3:.2f}" if ps else "—", gap, ms(gx),
-                  f"{gx.flops_analytic / 1e9:.3f}" if gx and gx.flops_analytic is not None else "—",
-                  ms(comps.get("selection.amortized")), *(mib(comps[k].mem_bytes) if k in comps else "—"
-                                                          for k in ("fwd", "bwd", "state")))
-    return t
 
 
 def detail_table(case: Case, comps: dict[str, Row]) -> Table:

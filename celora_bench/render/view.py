@@ -13,14 +13,12 @@ from celora_bench import intervals as I
 from celora_bench import registry
 from celora_bench.cases import Row
 from celora_bench.render.tables import (
-    ROOFLINE_SHOWN,
     Table,
     by_case,
     component_grids,
     detail_table,
     launch_bound,
     roofline_table,
-    summary_table,
 )
 from celora_bench.results import Run
 from celora_bench.suite import Check
@@ -107,7 +105,7 @@ class Section:
     grids: tuple[Table, ...]            # components × providers per layer (timed suites)
     details: tuple[Table, ...]          # every case's components
     roofline: Table | None              # every timed component against the measured roofs
-    roofline_shown: Table | None        # the G_y·W0 products and the gather only (`show` without --detail)
+    roofline_shown: Table | None        # the components the suite shows (SOL_SHOWN) (`show` without --detail)
     launch_bound: int                   # rows whose device time is launch overhead
 
 
@@ -136,10 +134,11 @@ def section(run: Run, suite: str) -> Section:
     checks = checks_of(run, suite)
     own = list(s.tables(rows)) if s is not None and rows else []
     where = run_where(run)
-    tables = tuple(own) or ((summary_table(f"{suite}: per case ({where})", rows),) if rows else ())
+    tables = tuple(own) + (tuple(s.case_tables(rows)) if s is not None and rows else ())
     timed = [r for r in rows if r.time is not None]
     roof = roofline_table(f"{suite}: speed of light ({where})", rows, run.machine_info)
-    shown = replace(roof, rows=[r for r in roof.rows if r[2] in ROOFLINE_SHOWN]) if roof is not None else None
+    sol = s.SOL_SHOWN if s is not None else ()
+    shown = replace(roof, rows=[r for r in roof.rows if r[2] in sol]) if roof is not None else None
     return Section(
         suite=suite, known=known, question=s.QUESTION if s else "", rows=tuple(rows), checks=tuple(checks),
         headline=tuple(s.headline(checks)) if s else (), tables=tables,

@@ -24,11 +24,12 @@ import torch
 import core
 from celora_bench import pretrained
 from celora_bench.cases import Case, Row
-from celora_bench.suite import Context, Options
+from celora_bench.suite import Context, Options, Suite
 from core import components as C
 from core import selection
 from core.config import balanced_rank
 from suites import corpora, text_task
+from suites.approx_error import checks, render
 from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ, weights_label
 
 NAME = "approx-error"
@@ -254,8 +255,7 @@ def run_case(case: Case, ctx: Context) -> list[Row]:
     return {"propagation": run_propagation, "spectrum": run_spectrum}.get(kind, run_gx)(case, ctx)
 
 
-# ---- the verdict, tables and plots: the suite's own modules (checks.py, render.py) ----
-from suites.approx_error.checks import verdict as verdict  # noqa: E402
-from suites.approx_error.render import plots as plots  # noqa: E402
-from suites.approx_error.render import spectra_table as spectra_table  # noqa: E402
-from suites.approx_error.render import tables as tables  # noqa: E402
+
+
+SUITE = Suite(NAME=NAME, DESCRIPTION=DESCRIPTION, QUESTION=QUESTION, cases=cases, run_case=run_case,
+              verdict=checks.verdict, plots=render.plots, tables=render.tables, PLOT_CAPTIONS=PLOT_CAPTIONS)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from celora_bench import models
 from celora_bench.cases import Case
-from celora_bench.suite import Options
+from celora_bench.suite import Options, Suite
 from core.config import balanced_rank
 from core.convert import PAPER_RATIOS
+from core.scopes import GRAD_H, GRAD_X_FROZEN, GRAD_X_LORA, SELECTION
 from suites import layer_bench
+from suites.backward_breakdown import checks, plots
 
 NAME = "backward-breakdown"
 DESCRIPTION = "Per-component time/FLOPs/memory of one LoRA layer: dense, peft and CE-LoRA; share and p× verdict"
@@ -103,8 +105,16 @@ def _reference_cases(opts: Options) -> list[Case]:
 
 setup = layer_bench.setup
 WORKERS = True          # each case is one layer: cheap to set up again in every worker process
-JUDGED = ("fwd+bwd", "bwd.grad_x_frozen", "bwd.grad_h", "selection", "bwd.grad_x_lora",   # read by the verdict
+JUDGED = ("fwd+bwd", GRAD_X_FROZEN, GRAD_H, SELECTION, GRAD_X_LORA,   # read by the verdict
           "roof.gemm", "roof.stream")                 # the roofs, best of every round (roofline.peaks_in)
+GATED = (GRAD_X_FROZEN, "fwd+bwd", GRAD_H, SELECTION)    # gate --against: timed, candidate/base
+SOL_SHOWN = (GRAD_X_FROZEN, "detail.gather", "detail.kept_product")   # speed of light without --detail
+
+
+def gated_case(case: Case) -> bool:
+    """What `gate --against` measures: our dense LoRA and each CE-LoRA code path once per shape (p = 0.5 lean,
+    cached and double-LoRA); p = 0.25 runs the same code as p = 0.5, and peft's code is not ours to gate."""
+    return case.provider == "dense" or (case.provider == "celora" and case.keep_ratio == 0.5)
 
 
 def group_key(case: Case) -> tuple:
@@ -112,10 +122,7 @@ def group_key(case: Case) -> tuple:
     return (case.model, case.layer, case.tokens, case.rank, case.dtype, case.device)
 
 
-# the rest of the suite interface, and what tests read, from the suite's own modules
-from suites.backward_breakdown.checks import expected_frozen_flops as expected_frozen_flops  # noqa: E402
-from suites.backward_breakdown.checks import headline as headline  # noqa: E402
-from suites.backward_breakdown.checks import k_rule as k_rule  # noqa: E402
-from suites.backward_breakdown.checks import verdict as verdict  # noqa: E402
-from suites.backward_breakdown.plots import PLOT_CAPTIONS as PLOT_CAPTIONS  # noqa: E402
-from suites.backward_breakdown.plots import plots as plots  # noqa: E402
+SUITE = Suite(NAME=NAME, DESCRIPTION=DESCRIPTION, QUESTION=QUESTION, cases=cases, setup=setup,
+              verdict=checks.verdict, headline=checks.headline, plots=plots.plots, PLOT_CAPTIONS=plots.PLOT_CAPTIONS,
+              WORKERS=WORKERS, JUDGED=JUDGED, GATED=GATED, gated_case=gated_case, group_key=group_key,
+              case_tables=layer_bench.tables, SOL_SHOWN=SOL_SHOWN)

@@ -11,10 +11,11 @@ from celora_bench import intervals as I
 from celora_bench import models, roofline
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Check
+from core.scopes import GRAD_H, GRAD_X_FROZEN, GRAD_X_LORA, SELECTION
+from suites.lines import amdahl_line
 
 SHARE_RANGE = (0.40, 0.55)      # the paper's "~50%"
 TIME_SLACK = 1.15               # CE-LoRA's G_y·W0 time ratio must be <= 1.15·p (+ selection)
-AMDAHL_FRACTION = 0.95          # layer speed-up >= 95% of the Amdahl bound (the brief's reachable target)
 
 # ---- verdict -----------------------------------------------------------------
 #
@@ -107,7 +108,7 @@ def _share_checks(idx, dense_cases: list[Case], on: str, scope: str) -> list[Che
     """The time share of G_y·W0 in fwd+bwd over one layer shape, or over a block (each shape weighted by
     how many projections have it); the counted FLOP share beside it as context."""
     lo, hi = SHARE_RANGE
-    comp = [idx.get((c.id, "bwd.grad_x_frozen")) for c in dense_cases]
+    comp = [idx.get((c.id, GRAD_X_FROZEN)) for c in dense_cases]
     whole = [idx.get((c.id, "fwd+bwd")) for c in dense_cases]
     if not all(_timed(r) for r in comp + whole):
         return []
@@ -143,9 +144,9 @@ def _exact_check(idx, case: Case, base: Case | None) -> Check | None:
     bad = [f"{c} counted {got} != analytic {want}" for c, got, want in pairs if got != want]
     scope = _cost_scope(case) if case.provider == "celora" else f"{case.layer} {case.provider} N={case.tokens}"
     value, target = float(len(pairs) - len(bad)), f"all {len(pairs)} counted == analytic"
-    c_row, c_gh = idx.get((case.id, "bwd.grad_x_frozen")), idx.get((case.id, "bwd.grad_h"))
+    c_row, c_gh = idx.get((case.id, GRAD_X_FROZEN)), idx.get((case.id, GRAD_H))
     d_row, d_gh, d_lora = (idx.get((base.id, c)) if base else None
-                           for c in ("bwd.grad_x_frozen", "bwd.grad_h", "bwd.grad_x_lora"))
+                           for c in (GRAD_X_FROZEN, GRAD_H, GRAD_X_LORA))
     if case.provider == "celora" and c_row is not None:
         k, a = k_rule(case)
         r, r0 = case.param("lora_rank", case.rank), c_row.extra.get("r0", case.svd_rank)
@@ -217,7 +218,7 @@ def _sol_checks(idx, case: Case, base: Case, peaks) -> list[Check]:
     shrink with the FLOPs."""
     scope = _cost_scope(case)
     got = {}
-    for name, cid, comp in (("dense G_y·W0", base.id, "bwd.grad_x_frozen"),
+    for name, cid, comp in (("dense G_y·W0", base.id, GRAD_X_FROZEN),
                             ("kept-column product", case.id, "detail.kept_product"),
                             ("G_y column gather", case.id, "detail.gather")):
         row = idx.get((cid, comp))
@@ -236,7 +237,7 @@ def _sol_checks(idx, case: Case, base: Case, peaks) -> list[Check]:
             continue
         out.append(Check(SOL_CHECK, scope, f"SOL {name}", pt.sol, "reported", "INFO",
                          f"{what}; {pt.roof}-bound; {pt.seconds * 1e3:.3f} ms", kind="info"))
-    c_row = idx.get((case.id, "bwd.grad_x_frozen"))
+    c_row = idx.get((case.id, GRAD_X_FROZEN))
     if len(got) == 3 and _timed(c_row):
         d, kp, g = got["dense G_y·W0"], got["kept-column product"], got["G_y column gather"]
         k, _ = k_rule(case)
@@ -283,11 +284,11 @@ def _cost_scope(case: Case) -> str:
 
 def _selection(idx, case: Case, on: str) -> tuple[I.Series, tuple]:
     """The refresh amortized over tau, per call, and what it reads (a constant 0 where the layer never refreshes)."""
-    row = idx.get((case.id, "selection"))
+    row = idx.get((case.id, SELECTION))
     if not _timed(row):
         return I.Series.constant(0.0), ()
     s = _series(row, on)
-    return I.Series(tuple(t / case.tau for t in s.samples), s.rounds), ((case.id, "selection"),)
+    return I.Series(tuple(t / case.tau for t in s.samples), s.rounds), ((case.id, SELECTION),)
 
 
 def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:
@@ -297,8 +298,8 @@ def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:
     shares a pass with G_y·B there) plus the refresh amortized over tau; the layer's fwd+bwd is charged the
     amortized refresh too (the timed fwd+bwd reuses the index: tau counts optimizer steps)."""
     get = {name: (idx.get((case.id, name)), idx.get((base.id, name)))
-           for name in ("bwd.grad_x_frozen", "bwd.grad_h", "fwd+bwd")}
-    c_row, d_row = get["bwd.grad_x_frozen"]
+           for name in (GRAD_X_FROZEN, GRAD_H, "fwd+bwd")}
+    c_row, d_row = get[GRAD_X_FROZEN]
     if not (_timed(c_row) and _timed(d_row)):
         return []
     k, _ = k_rule(case)
@@ -306,20 +307,20 @@ def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:
     scope = _cost_scope(case)
     sel, sel_reads = _selection(idx, case, on)
     out = []
-    c_gh, d_gh = get["bwd.grad_h"]
+    c_gh, d_gh = get[GRAD_H]
     series = [_series(c_row, on), _series(d_row, on), sel]
-    reads = ((case.id, "bwd.grad_x_frozen"), (base.id, "bwd.grad_x_frozen")) + sel_reads
+    reads = ((case.id, GRAD_X_FROZEN), (base.id, GRAD_X_FROZEN)) + sel_reads
     if _timed(c_gh) and _timed(d_gh):
         series += [_series(c_gh, on), _series(d_gh, on)]
-        reads += ((case.id, "bwd.grad_h"), (base.id, "bwd.grad_h"))
+        reads += ((case.id, GRAD_H), (base.id, GRAD_H))
     else:
         series += [I.Series.constant(0.0)] * 2
 
-    d_lora = idx.get((base.id, "bwd.grad_x_lora"))
+    d_lora = idx.get((base.id, GRAD_X_LORA))
     if c_row.extra.get("grad_x_form") == "fused" and _timed(d_lora):
         # G_h·A runs inside CE-LoRA's one GEMM; dense runs it apart, in grad_x_lora: take it out
         series.append(I.Series(tuple(-t for t in _series(d_lora, on).samples), _series(d_lora, on).rounds))
-        reads += ((base.id, "bwd.grad_x_lora"),)
+        reads += ((base.id, GRAD_X_LORA),)
 
     def ratio(c, d, s, cg=0.0, dg=0.0, moved=0.0):
         return (c + (cg - dg) + moved + s) / d
@@ -339,15 +340,16 @@ def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:
             return d_whole / (c_whole + s) / roofline.amdahl_bound(share, p)     # speed-up / bound
         iv = I.over_rounds(fraction, [_series(dw, on), _series(cw, on), _series(d_row, on), sel])
         if iv is not None:
-            status = iv.judge(AMDAHL_FRACTION, above=True)
+            line = amdahl_line(case.device, case.svd_rank)
+            status = iv.judge(line, above=True)
             speed = I.over_rounds(lambda a, b, s: a / (b + s), [_series(dw, on), _series(cw, on), sel])
             share = I.over_rounds(lambda a, b: b / a, [_series(dw, on), _series(d_row, on)])
             out.append(Check(AMDAHL_CHECK, scope, f"speed-up / bound ({on})", iv.value,
-                             f">= {AMDAHL_FRACTION:.2f}", status,
+                             f">= {line:.2f}", status,
                              f"speed-up {speed.value:.3f}×, bound {roofline.amdahl_bound(share.value, p):.3f} "
                              f"from share {share.value:.3f}, selection charged" + _launch(cw, dw)
-                             + _why(iv, status, AMDAHL_FRACTION), iv.lo, iv.hi,
-                             reads=((base.id, "fwd+bwd"), (case.id, "fwd+bwd"), (base.id, "bwd.grad_x_frozen"))
+                             + _why(iv, status, line), iv.lo, iv.hi,
+                             reads=((base.id, "fwd+bwd"), (case.id, "fwd+bwd"), (base.id, GRAD_X_FROZEN))
                              + sel_reads, rounds=iv.rounds))
     return out
 

@@ -9,14 +9,16 @@ import numpy as np
 from celora_bench.models import layer_order
 from celora_bench.render.figures import layer_groups, plt, save
 from celora_bench.render.tables import case_label
-from suites.backward_breakdown.checks import AMDAHL_CHECK, AMDAHL_FRACTION, COST_CHECK, TIME_SLACK, verdict
+from core.scopes import GRAD_A, GRAD_B, GRAD_H, GRAD_X_FROZEN, GRAD_X_LORA
+from suites.backward_breakdown.checks import AMDAHL_CHECK, COST_CHECK, TIME_SLACK, verdict
+from suites.lines import amdahl_line
 
-BWD = ("bwd.grad_x_frozen", "bwd.grad_h", "bwd.grad_B", "bwd.grad_A", "bwd.grad_x_lora", "selection.amortized")
+BWD = (GRAD_X_FROZEN, GRAD_H, GRAD_B, GRAD_A, GRAD_X_LORA, "selection.amortized")
 PLOT_CAPTIONS = {
     "breakdown-": "backward components per layer, stacked (median ms): dense vs CE-LoRA at each p",
     "speedup-": "the verdict against p per layer: G_y·W0's cost over dense's (check 2, with its line 1.15·p and "
-                "the ideal p) and the layer's speed-up over its Amdahl bound (check 3, line 0.95); every point is "
-                "its verdict row's value and 95.5% interval",
+                "the ideal p) and the layer's speed-up over its Amdahl bound (check 3, the device's line); every "
+                "point is its verdict row's value and 95.5% interval",
 }
 
 
@@ -64,8 +66,10 @@ def points(checks: list, question: str) -> dict[str, list[tuple[float, float, fl
     return {k: sorted(v, key=lambda t: t[0]) for k, v in out.items()}
 
 
-def speedup(checks: list, title: str, path: str) -> str:
-    """Checks 2 (cost over dense) and 3 (speed-up over the Amdahl bound) against p, one column per layer."""
+def speedup(checks: list, title: str, path: str, device: str = "cpu") -> str:
+    """Checks 2 (cost over dense) and 3 (speed-up over the Amdahl bound) against p, one column per layer; the
+    lines are the verdict's on device (suites.lines: dotted, double-LoRA's where it differs)."""
+    plain, double = amdahl_line(device, 0), amdahl_line(device, 1)
     cost, amdahl = points(checks, COST_CHECK), points(checks, AMDAHL_CHECK)
     layers = sorted(set(cost) | set(amdahl), key=layer_order)
     fig, axes = plt.subplots(2, len(layers), figsize=(3.4 * len(layers), 6.0), squeeze=False)
@@ -74,7 +78,9 @@ def speedup(checks: list, title: str, path: str) -> str:
         top, bottom = axes[0][j], axes[1][j]
         top.plot(ps, ps, "k-", lw=0.8)
         top.plot(ps, TIME_SLACK * ps, "k--", lw=1)
-        bottom.axhline(AMDAHL_FRACTION, color="k", ls="--", lw=1)
+        bottom.axhline(plain, color="k", ls="--", lw=1)
+        if double != plain:
+            bottom.axhline(double, color="k", ls=":", lw=1)
         bottom.axhline(1.0, color="k", lw=0.8)
         for ax, pts in ((top, cost.get(layer, [])), (bottom, amdahl.get(layer, []))):
             for p, v, lo, hi, lab in pts:
@@ -90,7 +96,8 @@ def speedup(checks: list, title: str, path: str) -> str:
     h = [plt.Line2D([], [], ls="-", color="k"), plt.Line2D([], [], ls="--", color="k"),
          plt.Line2D([], [], marker="o", ls="", color="C0", fillstyle="none"),
          plt.Line2D([], [], marker="s", ls="", color="C0", fillstyle="none")]
-    fig.legend(h, ["ideal (p; bound 1.0)", "the verdict's line (1.15·p; 0.95)", "r0 = 0 (filled: cached)",
+    line = f"{plain:.2f}" + (f", r0 > 0: {double:.2f}" if double != plain else "")
+    fig.legend(h, ["ideal (p; bound 1.0)", f"the verdict's line (1.15·p; {line})", "r0 = 0 (filled: cached)",
                    "double-LoRA r0 > 0"], loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(title)
     return save(fig, *os.path.split(path), rect=(0, 0.5 / fig.get_figheight(), 1, 1))   # legend below
@@ -109,5 +116,5 @@ def plots(rows, out_dir: str) -> list[str]:
             checks = verdict(group)
             if points(checks, COST_CHECK) or points(checks, AMDAHL_CHECK):
                 paths.append(speedup(checks, f"the verdict against p: {title}",
-                                     os.path.join(out_dir, f"speedup-{tag}.png")))
+                                     os.path.join(out_dir, f"speedup-{tag}.png"), device))
     return paths

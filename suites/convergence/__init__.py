@@ -35,7 +35,7 @@ window: a larger batch is somewhat cheaper per problem, but in a fixed hour it m
 30 at 24); 4 seeds rather than 3 (the paired 90% interval's half-width t·sd/√n is 1.43x narrower at 4, for a
 third more time); 45 steps. A run (arm, seed) then costs ~4 + 45 x (2.0-2.7) + 2 x 7 + (17-24) + (23-32) =
 150-200 s, 16 runs 40-53 min, plus ~1.5 min of loading, calibration and the shared step-0 evaluation:
-41-55 min predicted, ~47 central (the issue's ceiling: 75). paper was faster than LoRA in both quiet
+41-55 min predicted, ~47 central (ceiling: 75 min). paper was faster than LoRA in both quiet
 windows; all (1.79 s) and svd0 (1.94 s) were measured only while test runs shared the machine, where they
 were at times 5-20x slower (LoRA: 5x), so the 2.7 s bound is an assumption for them: run it alone.
 LoRA's train loss fell from 1.8 to 1.2 in 4 steps, so 45 steps move the held-out metrics well past the
@@ -62,9 +62,9 @@ import torch
 import core
 from celora_bench import distributed, pretrained
 from celora_bench.cases import Case, Row
-from celora_bench.suite import Context, Options
+from celora_bench.suite import Context, Options, Suite
 from suites import arith_task, corpora, text_task
-from suites.convergence import medium
+from suites.convergence import checks, medium, render
 from suites.convergence.checks import ARMS, TASKS
 from suites.text_task import ALPHA, BATCH, LR, RANK, SEQ, weights_label
 
@@ -270,8 +270,8 @@ def run_case(case: Case, ctx: Context) -> list[Row]:
     ]
 
 
-# ---- the verdict, tables and plots: the suite's own modules (checks.py, render.py) ----
-from suites.convergence.checks import headline as headline  # noqa: E402
-from suites.convergence.checks import verdict as verdict  # noqa: E402
-from suites.convergence.render import plots as plots  # noqa: E402
-from suites.convergence.render import tables as tables  # noqa: E402
+
+
+SUITE = Suite(NAME=NAME, DESCRIPTION=DESCRIPTION, QUESTION=QUESTION, cases=cases, run_case=run_case,
+              verdict=checks.verdict, headline=checks.headline, plots=render.plots, tables=render.tables,
+              PLOT_CAPTIONS=PLOT_CAPTIONS, DISTRIBUTED=DISTRIBUTED, FSDP=FSDP)

@@ -1,4 +1,4 @@
-"""gpu-targets: the GPU figures and targets of "GPU right on first contact", one case per section (per layer
+"""gpu-targets: the GPU figures and targets of docs/gpu.md, one case per section (per layer
 shape where a section sweeps them), each measured on its own (run_case): a case that raises is recorded and
 the next one runs.
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from celora_bench import models
 from celora_bench.cases import Case, Row
-from celora_bench.suite import Check, Context, Options
+from celora_bench.suite import Check, Context, Options, Suite
 from suites.gpu_targets import attribution, common, convert, layers, smoke, steps
 
 NAME = "gpu-targets"
@@ -98,3 +98,7 @@ def headline(checks: list[Check]) -> list[Check]:
     """The rows that answer the question at a look: each layer and step against its Amdahl bound."""
     return [c for c in checks if c.check in (layers.AMDAHL_CHECK, steps.STEP_CHECK, steps.SPEEDUP_CHECK)
             and c.kind == "measured"]
+
+
+SUITE = Suite(NAME=NAME, DESCRIPTION=DESCRIPTION, QUESTION=QUESTION, cases=cases, run_case=run_case,
+              verdict=verdict, headline=headline)

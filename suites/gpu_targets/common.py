@@ -25,8 +25,7 @@ R, ALPHA, R0 = 16, 32.0, 14
 ALL_P = 0.5
 
 TARGETS = {
-    "amdahl_r0_0": 0.90,    # layer fwd+bwd speed-up / its Amdahl bound, r0 = 0 (at least)
-    "amdahl_r0_14": 0.85,   # the same at r0 = 14 (at least)
+    # layer fwd+bwd speed-up / its Amdahl bound: suites.lines, shared with backward-breakdown
     "kept_over_p": 1.25,    # kept-column product / dense G_y·W0, in units of p_eff (at most)
     "step_amdahl": 0.80,    # training step speed-up / 1/(1 − s + s·p), s profiled (at least)
     "step_speedup": 1.0,    # and the step itself no slower than ours dense (at least): 0.8 of a ~1.1x bound
@@ -175,12 +174,12 @@ def fact(case: Case, name: str, ok: bool, detail: str = "") -> Row:
 
 # ---- checks -------------------------------------------------------------------------
 
-def target_check(check: str, scope: str, metric: str, iv: I.Interval | None, key: str, above: bool,
+def target_check(check: str, scope: str, metric: str, iv: I.Interval | None, key: str | float, above: bool,
                  detail: str, reads: tuple = ()) -> Check | None:
-    """A timed quantity (its interval between rounds) judged against TARGETS[key]."""
+    """A timed quantity (its interval between rounds) judged against TARGETS[key] (or the line key itself)."""
     if iv is None:
         return None
-    goal = TARGETS[key]
+    goal = TARGETS[key] if isinstance(key, str) else key
     status = iv.judge(goal, above)
     why = f"; undecided: {iv.undecided_why(goal)}" if status == "NOISE" else ""
     return Check(check, scope, metric, iv.value, f"{'>=' if above else '<='} {goal}", status, detail + why,

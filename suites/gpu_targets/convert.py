@@ -12,7 +12,7 @@ from celora_bench import models
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Check, Context
 from core import selection
-from suites import model_step
+from suites import causal_lm
 from suites.gpu_targets import common
 from suites.layer_bench import DTYPES
 
@@ -32,7 +32,7 @@ def _clock(case: Case, fn, *args, **kw):
 def run(case: Case, ctx: Context) -> list[Row]:
     dtype = DTYPES[case.dtype]
     shape = models.get(case.model)
-    model = model_step.build(case.model, case.device, dtype)
+    model = causal_lm.build(case.model, case.device, dtype)
     per, counts = {}, {}
     weights = {label: next(mod.weight for nm, mod in model.named_modules()
                            if nm.endswith(models.projections_of(label)[0])) for label in shape.distinct_shapes()}
@@ -59,7 +59,7 @@ def run(case: Case, ctx: Context) -> list[Row]:
     first_svds = len(calls)
     del model
     common.free(case)
-    again = model_step.build(case.model, case.device, dtype)                   # the same seed-0 weights
+    again = causal_lm.build(case.model, case.device, dtype)                   # the same seed-0 weights
     again_s, _ = _clock(case, core.convert, again, "all", **kw)
     return [Row(case, "convert", extra={**facts, "ran": True, "convert_s": first_s, "svds": first_svds,
                                         "layers": len(conv), "convert_cached_s": again_s,

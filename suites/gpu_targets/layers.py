@@ -22,6 +22,7 @@ from core import gather
 from core.convert import PAPER_RATIOS
 from suites.gpu_targets import common
 from suites.layer_bench import DTYPES, peft_linear
+from suites.lines import amdahl_line
 
 AMDAHL_CHECK = "1. layer fwd+bwd speed-up / Amdahl bound"
 KEPT_CHECK = "2. kept-column product / dense G_y·W0, units of p_eff"
@@ -83,7 +84,7 @@ def verdict(case: Case, rows: list[Row]) -> list[Check]:
         speed = I.paired_ratio(dense, row.series)
         out.append(common.target_check(
             AMDAHL_CHECK, f"{scope} p={p} r0={r0} cached", f"speed-up / bound ({common.clock(case)})", iv,
-            "amdahl_r0_0" if r0 == 0 else "amdahl_r0_14", True,
+            amdahl_line(case.device, r0), True,
             f"k={row.extra['k']} p_eff={pe:.4f} form={row.extra['grad_x_form']}; {speed.value:.3f}x / "
             f"{amdahl_bound(share.value, pe):.3f}; lean {I.paired_ratio(dense, lean.series).value:.3f}x "
             f"(lean/cached time {I.paired_ratio(lean.series, row.series).value:.3f})",

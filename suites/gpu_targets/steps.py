@@ -18,10 +18,10 @@ from celora_bench import intervals as I
 from celora_bench.cases import Case, Row
 from celora_bench.roofline import amdahl_bound
 from celora_bench.suite import Check, Context
-from suites import model_step
+from core.scopes import GRAD_X_FROZEN
+from suites import causal_lm
 from suites.gpu_targets import common
 from suites.layer_bench import DTYPES
-from suites.model_step import checks as model_step_checks
 
 STEP_CHECK = "3. training step speed-up / Amdahl bound"
 SPEEDUP_CHECK = "3. training step speed-up over ours dense"
@@ -43,7 +43,7 @@ def p_weighted(conv: core.Conversion) -> float:
 def _step(case: Case, prov: str, ids: torch.Tensor, svd) -> tuple:
     """(one training step of a freshly built model under prov, its facts), after its first step."""
     plan, r0, cache_rows = PROVIDERS[prov]
-    model = model_step.build(case.model, case.device, DTYPES[case.dtype], layers=case.param("decoder_layers"))
+    model = causal_lm.build(case.model, case.device, DTYPES[case.dtype], layers=case.param("decoder_layers"))
     model.config.use_cache = False
     if plan == "dense":
         conv = core.convert(model, "dense", r=common.R, alpha=common.ALPHA)
@@ -71,7 +71,7 @@ def run(case: Case, ctx: Context) -> list[Row]:
     for prov in (DENSE, case.param("versus")):
         fns[f"step {prov}"], facts[f"step {prov}"] = _step(case, prov, ids, svd)
     # G_y·W0's share of the dense step: its scope's device time over every kernel of the step, all threads
-    prof = flops.profile_scopes(fns[f"step {DENSE}"], ("bwd.grad_x_frozen",), case.device)
+    prof = flops.profile_scopes(fns[f"step {DENSE}"], (GRAD_X_FROZEN,), case.device)
     profiled = Row(case, PROFILE, extra={"seconds_by_scope": prof.seconds, "profiled_wall_s": prof.wall_s,
                                          "profiled_device_s": prof.device_s})
     return [profiled] + common.events_only(case, fns, "steps", ctx.threads, facts)
@@ -79,7 +79,7 @@ def run(case: Case, ctx: Context) -> list[Row]:
 
 def verdict(case: Case, rows: list[Row]) -> list[Check]:
     by = {r.component: r for r in rows}
-    s, basis = model_step_checks.time_share(by.get(PROFILE))
+    s, basis = causal_lm.time_share(by.get(PROFILE))
     prov = case.param("versus")
     scope = f"{case.param('sizes')} {case.provider} {case.model}, {case.param('decoder_layers')} layers, " \
             f"{case.param('batch')}x{case.param('seq')} tokens"

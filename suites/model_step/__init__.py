@@ -11,7 +11,6 @@ the whole of a GPU check's step limit (about 112 at Llama-3.2-1B shapes).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -20,10 +19,13 @@ import core
 from celora_bench import distributed, models
 from celora_bench.cases import Case
 from celora_bench.measure import Target
-from celora_bench.suite import Options
+from celora_bench.suite import Options, Suite
 from core.flops import COMPONENTS, layer_flops
+from core.scopes import GRAD_X_FROZEN, GRAD_X_LORA, SELECTION
 from suites import factors
+from suites.causal_lm import build
 from suites.layer_bench import DTYPES
+from suites.model_step import checks, render
 from suites.model_step.checks import PROVIDERS
 
 NAME = "model-step"
@@ -88,32 +90,6 @@ def apply(model, provider: str, svd_cache: dict | None = None, svd=None) -> None
     core.convert(model, plan, r=RANK, alpha=ALPHA, keep_ratio=ALL_P, svd_cache=svd_cache, svd=svd or _FACTORS)
 
 
-@contextlib.contextmanager
-def building_on(device, dtype: torch.dtype):
-    """Tensors created inside land on device, floating-point ones in dtype: a model built here is built
-    where it runs, in the dtype it runs in."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-def build(name: str, device, dtype: torch.dtype, path: str | None = None, layers: int | None = None):
-    """The model on the device in dtype. A random-init model is built there, in dtype (built in fp32 on
-    the CPU and then moved, an 8B model would take 32 GB of host memory and a copy per tensor), with
-    `layers` decoder layers when given; a checkpoint (a path, or the registry's real weights) is loaded,
-    then moved."""
-    from celora_bench import pretrained
-    if path is not None or name in pretrained.PRETRAINED:
-        return models.build_model(name, dtype=dtype, path=path).to(device)
-    with building_on(device, dtype):
-        model = models.build_model(name, layers=layers)
-    return model.to(dtype)                    # a no-op where the build already gave dtype everywhere
-
-
 # celora-paper and celora-all convert the same seed-0 model one after the other: the factors each layer got
 # (cheap ones, _FACTORS) are handed again by name. The cache of the last model built only: providers run one
 # model at a time.
@@ -164,7 +140,7 @@ def analytic(layers: list[_Layer], shape: models.ModelShape, batch: int, seq: in
         f = layer_flops(T, lay.m, lay.n, lay.r, lay.k, lay.r0, fused=lay.needs_gx,
                         form=lay.form if lay.needs_gx else "split", k_multiple=lay.k_multiple)
         for c in COMPONENTS:
-            if lay.needs_gx or c not in ("bwd.grad_x_frozen", "bwd.grad_x_lora"):
+            if lay.needs_gx or c not in (GRAD_X_FROZEN, GRAD_X_LORA):
                 comp[c] += f[c]
     attn = shape.layers * 12 * batch * shape.heads * seq * seq * shape.head_dim   # fwd 4, bwd 8 (no causal discount)
     head = 2 * 2 * T * shape.hidden * shape.vocab                                  # fwd + G_x; lm_head frozen
@@ -232,14 +208,14 @@ def setup(case: Case) -> Target:
     whole = {"optimizer": opt_copy.step, "step": step} if ddp else \
         {"fwd": loss, "fwd+bwd": fwd_bwd, "optimizer": opt_copy.step, "step": step}
     return Target(whole=whole, count=count,
-                  scopes=COMPONENTS + ("selection",), analytic=fl, flop_rows=rows, count_row="step",
+                  scopes=COMPONENTS + (SELECTION,), analytic=fl, flop_rows=rows, count_row="step",
                   notes=notes, state_bytes=distributed.local_bytes(params),
                   state_what="trainable LoRA parameters on this rank (a shard under --fsdp), bytes "
                              "(CE-LoRA's B0, A0, I and cached rows not included)")
 
 
-# ---- the verdict, tables and plots: the suite's own modules (checks.py, render.py) ----
-from suites.model_step.checks import headline as headline  # noqa: E402
-from suites.model_step.checks import verdict as verdict  # noqa: E402
-from suites.model_step.render import plots as plots  # noqa: E402
-from suites.model_step.render import tables as tables  # noqa: E402
+
+
+SUITE = Suite(NAME=NAME, DESCRIPTION=DESCRIPTION, QUESTION=QUESTION, cases=cases, setup=setup,
+              verdict=checks.verdict, headline=checks.headline, plots=render.plots, tables=render.tables,
+              PLOT_CAPTIONS=PLOT_CAPTIONS, DISTRIBUTED=DISTRIBUTED, FSDP=FSDP, JUDGED=JUDGED)

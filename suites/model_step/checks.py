@@ -5,6 +5,8 @@ from __future__ import annotations
 from celora_bench import intervals as I
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Check
+from core.scopes import GRAD_X_FROZEN
+from suites.causal_lm import time_share
 
 PROVIDERS = ("peft", "peft-native", "dense", "celora-paper", "celora-all")
 PREDICTED_FRACTION = 0.9       # measured step speed-up >= 0.9 x the FLOP-predicted one
@@ -23,16 +25,6 @@ def _step_samples(by, case) -> I.Series | None:
     return row.series if row is not None and row.samples else None
 
 
-def time_share(prof: Row | None) -> tuple[float | None, str]:
-    """G_y·W0's share of one profiled step: by kernel (device) time on CUDA, by CPU op time on the CPU."""
-    if prof is None:
-        return None, ""
-    secs = prof.extra.get("seconds_by_scope", {}).get("bwd.grad_x_frozen")
-    total = prof.extra.get("profiled_device_s") or prof.extra.get("profiled_wall_s")
-    basis = "kernel time" if prof.extra.get("profiled_device_s") else "profiler, CPU"
-    return (secs / total if secs and total else None), basis
-
-
 def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
     """Per model: G_y·W0's share of the step; each CE-LoRA preset's measured step speed-up against the
     FLOP-predicted one; speed-ups against peft. Steps are timed one provider at a time (each model
@@ -45,8 +37,8 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
     for key, provs in groups.items():
         dense = provs.get("dense")
         scope = f"{key[0]} {dict(key[4]).get('batch')}x{dict(key[4]).get('seq')} tokens"
-        if dense and (dense, "bwd.grad_x_frozen") in by and (dense, "step") in by:
-            gx, step = by[(dense, "bwd.grad_x_frozen")], by[(dense, "step")]
+        if dense and (dense, GRAD_X_FROZEN) in by and (dense, "step") in by:
+            gx, step = by[(dense, GRAD_X_FROZEN)], by[(dense, "step")]
             f = gx.flops_counted / step.flops_counted
             checks.append(Check("1. model-level G_y·W0 share", scope, "FLOP share (counted)", f, "reported", "INFO",
                                 f"analytic {gx.flops_analytic / step.flops_analytic:.3f}", f, f, kind="info"))

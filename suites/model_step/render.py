@@ -8,7 +8,9 @@ from celora_bench.cases import Case, Row
 from celora_bench.flops import CONVENTION
 from celora_bench.render.figures import plt, save
 from celora_bench.render.tables import Table, by_case
-from suites.model_step.checks import PROVIDERS, _by, _group, time_share
+from core.scopes import GRAD_X_FROZEN
+from suites.causal_lm import time_share
+from suites.model_step.checks import PROVIDERS, _by, _group
 
 
 def bwd_ms(by, case) -> str:
@@ -57,7 +59,7 @@ def summary_table(rows: list[Row]):
         t.add_row(case.model, str(case.tokens), case.provider, ms("fwd"), bwd_ms(by, case), ms("optimizer"), ms("step"),
                   vs("peft"), vs("dense", flops=True),
                   "—" if step is None or step.mem_bytes is None else f"{step.mem_bytes / 2**20:.0f}",
-                  gf("step"), gf("bwd.grad_x_frozen"), "—" if share is None else f"{share:.3f}",
+                  gf("step"), gf(GRAD_X_FROZEN), "—" if share is None else f"{share:.3f}",
                   "—" if state is None else f"{state.mem_bytes / 2**20:.1f}")
     return t
 
