@@ -18,10 +18,10 @@ No stored baseline: a file made on another machine (another CPU, BLAS, torch bui
   persistent/step bytes are counts: candidate/base above 1 + threshold is a regression.
 - Two looks. The first (4 workers, 24 rounds per side) only clears; a series it does not clear (reaching)
   is measured again, its case set up in 8 fresh workers per side, 48 more rounds, and judged on all 12
-  processes. Single
-  calls vary ~10% here (within-process sd of log time, measured on the power study's runs), so 24 rounds
-  in 4 processes give a ratio's half-width of ~6% (Welch df ~6): a +15% slowdown is caught about half the
-  time. The second look gives ~3% where it matters, and costs set-up time only for cases near the line.
+  processes. Single calls vary ~10-12% here (within-process sd of log time, measured on the one-look power
+  study's runs, results/readme/gate/power-one-look.json), so 24 rounds in 4 processes gave a half-width of
+  ~6% (Welch df ~6) and caught +15% 5 times in 10; with the second look, +-3% and 10 in 10
+  (results/readme/gate/power.txt). It costs set-up time only for series near the line.
   (An earlier version divided each time by peft's fwd+bwd of the shape in the same round, as a yardstick
   moving with the machine; measured on an A/A gate here it added peft's own noise: median half-width
   0.064 against 0.039 without, and a 2-4% bias between the sides' peft.)
@@ -170,8 +170,8 @@ def measure(rev: str, stem: str, filt: list[str] | None = None, threads: int | N
             threshold: float = THRESHOLD) -> tuple[Run, Run]:
     """(base run, candidate run): the quick backward-breakdown cases (filtered by filt), REV's core/ against
     the working tree's, measured interleaved; written to <stem>-base.json and <stem>.json after each chunk.
-    Two looks: every case in `workers` processes per side; then the cases with a timed interval reaching
-    1 + threshold again, in `extra_workers` fresh processes per side (their samples join the first look's).
+    Two looks: every case in `workers` processes per side; then the series the first did not clear (reaching)
+    again, in `extra_workers` fresh processes per side (their samples join the first look's).
     cases: other cases of the suite than its quick sweep (tests measure tiny layers)."""
     import torch
 
@@ -260,7 +260,9 @@ class _Sides:
                 base.collect()
                 cand.collect()
                 _check_sources(base, cand, tmp)
-                keys = _gated_keys(cand.keys) & base.keys & (base.keys if only is None else only)
+                keys = _gated_keys(cand.keys) & base.keys
+                if only is not None:
+                    keys &= only
                 self.log(f"{len(keys)} series, {rounds} rounds per side, interleaved")
                 for _ in range(-(-rounds // workers)):   # blocks: each visits every worker of both sides once
                     order = list(range(2 * workers))
