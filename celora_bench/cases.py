@@ -1,4 +1,8 @@
-"""What is measured: a Case is one configuration; a Row one measured quantity of it."""
+"""What is measured: a Case is one configuration; a Row one measured quantity of it.
+
+The Case record is where the harness meets CE-LoRA: its knobs (p, r0, cached rows, tau) are fields, and its
+id and label are written here once; nothing else in celora_bench/ names a provider or component
+(tests/test_layout.py)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
@@ -43,6 +47,19 @@ class Case:
         parts += [f"{k}={v}" for k, v in self.params]
         parts += [self.dtype, self.device]
         return "/".join(parts)
+
+    @property
+    def label(self) -> str:
+        """The provider as tables and figures name it: "dense", "peft", "celora p=0.5 r0=14 lean"."""
+        if self.provider == "celora":
+            return f"celora p={self.keep_ratio:g} r0={self.svd_rank} {'cached' if self.cache_rows else 'lean'}"
+        return self.provider
+
+    @property
+    def order(self) -> tuple:
+        """Sort key of the providers of one layer: dense, peft, then CE-LoRA by falling p."""
+        return (self.provider != "dense", self.provider != "peft", -self.keep_ratio, self.svd_rank, self.cache_rows,
+                self.provider)
 
     def param(self, name: str, default=None):
         return dict(self.params).get(name, default)

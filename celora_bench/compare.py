@@ -4,30 +4,45 @@ A rule is METRIC:THRESHOLD%[@FIELD=VALUE[|VALUE],...]:
     time.median, time.min  candidate slower than baseline by more than the threshold
     flops                  FLOPs (analytic and counted) changed by more than the threshold, either way
     memory                 bytes grew by more than the threshold
-    ratio                  ratios measured in the same run (interleaved; the trimmed mean of the per-round
-                           ratios) grew by more than
-                           the threshold: CE-LoRA / dense per component, per layer (2× the threshold
-                           where dense takes < 10 ms) and per block (sums over the layers of one
-                           configuration); per block, selection / dense G_y·W0 and dense / peft fwd+bwd
-FIELD is suite, provider, component, layer, model or case (a substring of the case id).
+    check                  a check its suite marks gated (CheckId.gated: which way is better) worse than the
+                           baseline's by more than the threshold, its whole interval beyond that line; the
+                           checks are the suites' verdicts recomputed from each run's rows (what `show` prints)
+FIELD is suite, provider, component, layer, model or case (a substring of the case id); on a check,
+component is its id and the others its labels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from celora_bench import intervals as I
-from celora_bench.cases import Case, Row
+from celora_bench import registry
+from celora_bench.cases import Row
 from celora_bench.results import Run
 
-METRICS = ("time.median", "time.min", "flops", "memory", "ratio")
+METRICS = ("time.median", "time.min", "flops", "memory", "check")
 FIELDS = ("suite", "provider", "component", "layer", "model", "case")
-RATIO_COMPONENTS = ("bwd.grad_x_frozen", "fwd+bwd")
 DEFAULT_COMPARE = ("time.median:10%", "flops:0%", "memory:5%")
-DEFAULT_GATE = ("ratio:15%", "flops:0%", "memory:0%@component=state|step.alloc")
+DEFAULT_GATE = ("check:15%", "flops:0%", "memory:0%@component=state|step.alloc")
 
 
 class RuleError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Gated:
+    """One gated check of a run: its key ("suite/check id/label=value,..."), value and interval, which way is
+    better, and the cases it was computed from (the gate measures those again)."""
+
+    key: str
+    suite: str
+    check: str
+    value: float
+    lo: float | None
+    hi: float | None
+    better: str
+    cases: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...]
+    slack: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,14 +78,18 @@ class Rule:
         return f"{self.metric}:{self.threshold * 100:g}%" + (f"@{where}" if where else "")
 
     def selects(self, row: Row) -> bool:
+        return self._holds(lambda field: row.case.id if field == "case" else row.component if field == "component"
+                           else str(getattr(row.case, field)))
+
+    def selects_check(self, g: Gated) -> bool:
+        labels = dict(g.labels)
+        return self._holds(lambda field: g.key if field == "case" else g.suite if field == "suite" else g.check
+                           if field == "component" else labels.get(field, ""))
+
+    def _holds(self, value_of) -> bool:
         for field, values in self.where:
-            if field == "case":
-                if not any(v in row.case.id for v in values):
-                    return False
-            elif field == "component":
-                if row.component not in values:
-                    return False
-            elif str(getattr(row.case, field)) not in values:
+            got = value_of(field)
+            if not (any(v in got for v in values) if field == "case" else got in values):
                 return False
         return True
 
@@ -86,12 +105,18 @@ class Finding:
     cand_spread: float | None
     regression: bool
     rechecks: tuple[float, ...] = ()   # the candidate value in each recheck of a time regression (gate)
-    threshold: float = 0.0             # the fraction the candidate may exceed the baseline by
+    threshold: float = 0.0             # the fraction the candidate may be worse than the baseline by
+    better: str = "lower"              # "higher" for a check whose larger values are better
+    reads: tuple[str, ...] = ()        # the case ids a check was computed from
 
     @property
     def limit(self) -> float:
-        """The largest candidate value that is not a regression (time and ratio rules)."""
-        return self.baseline * (1 + self.threshold)
+        """The worst candidate value that is not a regression (time and check rules)."""
+        return self.baseline * (1 + self.threshold) if self.better == "lower" else self.baseline / (1 + self.threshold)
+
+    def worse(self, value: float) -> bool:
+        """Whether a candidate value is beyond the limit."""
+        return value > self.limit if self.better == "lower" else value < self.limit
 
     @property
     def delta(self) -> float:
@@ -107,98 +132,42 @@ def _spread(r: Row) -> float | None:
     return t.iqr / t.median if t and t.median else None
 
 
-def group_of(c: Case) -> tuple:
-    return (c.suite, c.model, c.layer, c.m, c.n, c.tokens, c.rank, c.dtype, c.device, c.params)
-
-
-def block_id(c: Case) -> str:
-    """The id of the case's configuration over every layer: its layer replaced by "*"."""
-    return c.id.replace(f"/{c.layer}/", "/*/")
-
-
-RATIO_MIN_S = 0.010     # per-layer ratios where dense takes < 10 ms are gated at SMALL_FACTOR × the threshold
-SMALL_FACTOR = 2.0      # (k_proj, v_proj: a 3.6 ms component moved 16-20% between runs with nothing changed)
-SELECTION_FACTOR = 10.0  # selection / dense G_y·W0 per block at 10x the threshold (+150%): one refresh is short
-                         # and its time bimodal (the same tiny layer's ratio at 0.11 or 0.30 in two rechecks of
-                         # one run); a 10x slower refresh (+900%) still shows
-
-
-def _ratio(num: list[Row], den: list[Row]) -> float:
-    """Σnum / Σden of one run, from the rounds every row shares (celora_bench.intervals, paired by round):
-    the trimmed mean of the per-round ratios; rows without a shared round fall back to medians."""
-    series = [r.series for r in num + den]
-    n = len(num)
-    try:
-        iv = I.over_rounds(lambda *v: sum(v[:n]) / sum(v[n:]), series)
-    except I.Unpaired:                  # a baseline from before rounds: medians, as it was gated then
-        iv = None
-    if iv is not None:
-        return iv.value
-    return sum(r.time.median for r in num) / sum(r.time.median for r in den)
-
-
-def ratios(rows: list[Row]) -> dict[tuple[str, str], tuple[float, Row, float]]:
-    """(case id, component) -> (ratio, the row it is reported on, threshold scale), all from one run.
-
-    - CE-LoRA / dense of G_y·W0 and of fwd+bwd, per layer (scale SMALL_FACTOR where the dense
-      side is under RATIO_MIN_S) and per block (sums over every layer of one configuration, id with
-      the layer as "*");
-    - per block, the refresh ("selection") over dense G_y·W0, so a slower selection is gated;
-    - per block, our dense fwd+bwd over peft's, so a slowdown in code that dense LoRA and CE-LoRA
-      share (which leaves CE-LoRA/dense unchanged) is gated too, and peft's time with it.
-    Each ratio is paired by round (the rows were timed interleaved in the same rounds).
-    """
-    dense: dict[tuple, Row] = {}
-    peft: dict[tuple, Row] = {}
-    for r in rows:
-        if r.time and r.component in RATIO_COMPONENTS:
-            if r.case.provider == "dense":
-                dense[(group_of(r.case), r.component)] = r
-            elif r.case.provider == "peft":
-                peft[(group_of(r.case), r.component)] = r
+def gated(run: Run) -> dict[str, Gated]:
+    """Every gated check of the run with a value: the suites' verdicts over its rows, as `show` prints them."""
     out = {}
-    block: dict[tuple[str, str], tuple[list[Row], list[Row]]] = {}
-
-    def add(bkey, num: Row, den: Row):
-        acc = block.setdefault(bkey, ([], []))
-        acc[0].append(num)
-        acc[1].append(den)
-
-    for r in rows:
-        if r.case.provider != "celora" or not r.time:
-            continue
-        if r.component == "selection":
-            d = dense.get((group_of(r.case), "bwd.grad_x_frozen"))
-            if d:
-                add((block_id(r.case), "selection"), r, d)
-            continue
-        if r.component not in RATIO_COMPONENTS:
-            continue
-        d = dense.get((group_of(r.case), r.component))
-        if not d:
-            continue
-        out[_key(r)] = (_ratio([r], [d]), r, 1.0 if d.time.median >= RATIO_MIN_S else SMALL_FACTOR)
-        add((block_id(r.case), r.component), r, d)
-    for (g, comp), d in dense.items():
-        if comp == "fwd+bwd" and (g, comp) in peft:
-            add((block_id(d.case), "fwd+bwd vs peft"), d, peft[(g, comp)])
-    for bkey, (num, den) in block.items():
-        out[bkey] = (_ratio(num, den), num[0], SELECTION_FACTOR if bkey[1] == "selection" else 1.0)
+    for suite in sorted({r.case.suite for r in run.rows}):
+        for c in registry.checks_of(run, suite):
+            if c.check.gated and c.value is not None:
+                key = f"{suite}/{c.check.id}/" + (",".join(f"{k}={v}" for k, v in c.labels) or c.scope)
+                out[key] = Gated(key, suite, c.check.id, c.value, c.lo, c.hi, c.check.gated,
+                                 tuple(dict.fromkeys(i for i, _ in c.reads)), c.labels, c.check.slack)
     return out
 
 
-def baseline_ratios(base: Run) -> dict[tuple[str, str], tuple[float, Row, float]]:
-    """The baseline's ratios: the per-ratio medians over its source runs when it was made from several
-    (``gate --update-baseline``), else the ratios of its one run."""
-    own = ratios(base.rows)
-    stored = (base.run.get("baseline") or {}).get("ratios")
-    if not stored:
-        return own
-    out = {}
-    for item in stored:
-        k = (item["case_id"], item["component"])
-        if k in own:
-            out[k] = (item["median"], own[k][1], own[k][2])
+def baseline_checks(base: Run) -> dict[str, float]:
+    """The baseline's value of each gated check: the per-check median over its source runs when it was made
+    from several (``gate --update-baseline``), else the check's value in its one run."""
+    stored = (base.run.get("baseline") or {}).get("checks")
+    if stored is not None:
+        return {item["key"]: item["median"] for item in stored}
+    return {k: g.value for k, g in gated(base).items()}
+
+
+def _check_findings(rule: Rule, base: Run, cand: Run) -> list[Finding]:
+    """A gated check is a regression when its whole interval in the candidate lies beyond the limit (the
+    baseline's value made worse by the threshold, times the check's slack): the interval carries the run's
+    own noise."""
+    vb, gc = baseline_checks(base), gated(cand)
+    out = []
+    for k in sorted(set(vb) & set(gc)):
+        g = gc[k]
+        if not rule.selects_check(g):
+            continue
+        label = str(rule) + (f" (×{g.slack:g})" if g.slack != 1 else "")
+        f = Finding(label, k, g.check, vb[k], g.value, None, None, False, threshold=rule.threshold * g.slack,
+                    better=g.better, reads=g.cases)
+        edge = g.lo if g.better == "lower" else g.hi
+        out.append(replace(f, regression=f.worse(g.value if edge is None else edge)))
     return out
 
 
@@ -208,17 +177,9 @@ def compare(base: Run, cand: Run, rules: list[Rule]) -> tuple[list[Finding], dic
     c = {_key(r): r for r in cand.rows}
     common = sorted(set(b) & set(c))
     findings: list[Finding] = []
-    if any(rule.metric == "ratio" for rule in rules):
-        rb, rc = baseline_ratios(base), ratios(cand.rows)
     for rule in rules:
-        if rule.metric == "ratio":
-            for k in sorted(set(rb) & set(rc)):
-                if not rule.selects(rc[k][1]):
-                    continue
-                vb, vc, scale = rb[k][0], rc[k][0], rc[k][2]
-                thr = rule.threshold * scale
-                findings.append(Finding(str(rule) + (f" (×{scale:g})" if scale != 1 else ""),
-                                        k[0], k[1], vb, vc, None, None, vc > vb * (1 + thr), threshold=thr))
+        if rule.metric == "check":
+            findings += _check_findings(rule, base, cand)
             continue
         for k in common:
             rb_, rc_ = b[k], c[k]

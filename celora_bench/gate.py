@@ -9,7 +9,7 @@ those rechecks (for an even count, the mean of the middle two). The first pass
 is left out of the judgement: it was picked for being over the line, so it is
 the one attempt that is biased. One lucky recheck does not clear a real
 slowdown, one bad moment does not fail CI. FLOP, memory and case-set findings
-are exact and are never rechecked. The baseline is itself the per-ratio median
+are exact and are never rechecked. The baseline is itself the per-check median
 of at least three runs (make_baseline).
 
 The CLI (celora_bench.cli.gate) parses arguments and prints; this module decides:
@@ -23,11 +23,11 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from celora_bench import env, registry, runner
-from celora_bench.compare import Finding, Rule, block_id, compare, group_of, ratios
+from celora_bench.compare import Finding, Rule, compare, gated
 from celora_bench.results import Run
 from celora_bench.suite import Options, budget_for
 
-TIMED = ("ratio", "time.median", "time.min")
+TIMED = ("check", "time.median", "time.min")
 DEFAULT_RECHECKS = 3
 
 
@@ -40,25 +40,20 @@ def is_timed(f: Finding) -> bool:
 
 
 def _key(f: Finding) -> tuple[str, str, str]:
-    """A finding across passes: its rule without the " (×2)" a small layer's ratio carries (whether dense
-    took under compare.RATIO_MIN_S can differ between passes), its case and component. A recheck is judged
-    against the first pass's limit."""
-    return f.rule.split(" (×")[0], f.case_id, f.component
+    """A finding across passes: its rule, case (or check key) and component. A recheck is judged against the
+    first pass's limit."""
+    return f.rule, f.case_id, f.component
+
+
+def _group(case) -> tuple:
+    return case.suite, registry.get(case.suite).group_key(case)
 
 
 def recheck_ids(findings: list[Finding], run: Run) -> list[str]:
-    """Every case timed together with a flagged one: its dense partner, and every layer of a flagged block."""
-    flagged = {f.case_id for f in findings if f.regression and is_timed(f)}
-    groups = set()
-    for r in run.rows:
-        if r.case.id in flagged or block_id(r.case) in flagged:
-            groups.add(group_of(r.case))
-    return sorted({r.case.id for r in run.rows if group_of(r.case) in groups})
-
-
-def over(f: Finding, value: float) -> bool:
-    """Whether a candidate value of this finding is over its rule's threshold."""
-    return value > f.limit
+    """Every case timed together (its suite's group_key) with a case a flagged finding read."""
+    flagged = {i for f in findings if f.regression and is_timed(f) for i in (f.reads or (f.case_id,))}
+    groups = {_group(r.case) for r in run.rows if r.case.id in flagged}
+    return sorted({r.case.id for r in run.rows if _group(r.case) in groups})
 
 
 def recheck(base: Run, cand: Run, findings: list[Finding], rules: list[Rule],
@@ -81,7 +76,7 @@ def recheck(base: Run, cand: Run, findings: list[Finding], rules: list[Rule],
 
     def judged(f: Finding) -> Finding:
         values = seen[_key(f)]
-        return replace(f, regression=over(f, statistics.median(values)) if values else f.regression,
+        return replace(f, regression=f.worse(statistics.median(values)) if values else f.regression,
                        rechecks=tuple(values))
     return [judged(f) if _key(f) in seen else f for f in findings]
 
@@ -105,8 +100,8 @@ def same_machine(base: Run, cand: Run, force: bool = False) -> None:
     a, b = machine_of(base), machine_of(cand)
     diff = [f"{k} {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k]]
     if diff and not force:
-        raise GateError(f"the baseline {base.path!r} was measured on another machine ({'; '.join(diff)}): ratios "
-                        f"move between machines; gate with --against REV here, or pass --force-machine")
+        raise GateError(f"the baseline {base.path!r} was measured on another machine ({'; '.join(diff)}): timed "
+                        f"checks move between machines; gate with --against REV here, or pass --force-machine")
 
 MIN_BASELINE_RUNS = 3
 
@@ -117,7 +112,7 @@ class BaselineError(GateError):
 
 def make_baseline(runs: list[Run], path: str) -> Run:
     """The baseline of several runs of one commit: the first run's rows (for the exact FLOP, memory and
-    case-set rules, which every run must share) and, per ratio, the median over the runs, each run's
+    case-set rules, which every run must share) and, per gated check, the median over the runs, each run's
     value kept beside it. One run is a sample of this machine's drift; the median of three is not
     pulled by one run's bad stretch."""
     if len(runs) < MIN_BASELINE_RUNS:
@@ -132,14 +127,14 @@ def make_baseline(runs: list[Run], path: str) -> Run:
             k = (r.case.id, r.component)
             if k in exact and exact[k] != _exact(r):
                 raise BaselineError(f"{other.path!r} counts other FLOPs or bytes than {first.path!r} for {k}")
-    per_run = [ratios(r.rows) for r in runs]
+    per_run = [gated(r) for r in runs]
     keys = sorted(set.intersection(*(set(p) for p in per_run)))
-    items = [{"case_id": k[0], "component": k[1], "median": statistics.median(p[k][0] for p in per_run),
-              "values": [p[k][0] for p in per_run]} for k in keys]
+    items = [{"key": k, "median": statistics.median(p[k].value for p in per_run),
+              "values": [p[k].value for p in per_run], "cases": list(per_run[0][k].cases)} for k in keys]
     base = Run(path=path, run={**first.run, "baseline": {
         "sources": [{"path": r.path, "datetime": r.datetime, "commit": (r.commit_info or {}).get("id"),
                      "cpu": (r.machine_info or {}).get("cpu")} for r in runs],
-        "ratios": items}}, machine_info=first.machine_info, commit_info=first.commit_info,
+        "checks": items}}, machine_info=first.machine_info, commit_info=first.commit_info,
         status=first.status, rows=list(first.rows), verdicts=first.verdicts)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     base.save()
@@ -160,20 +155,15 @@ def narrow_rows(run: Run, filters: list[str] | None) -> Run:
 
 
 def narrow(run: Run, filters: list[str] | None) -> Run:
-    """The baseline limited as ``gate -k`` limits the candidate, with its ratios: block ratios (sums over
-    every layer) cannot be narrowed, so they are left out of the comparison."""
+    """The baseline limited as ``gate -k`` limits the candidate: its rows, and its stored checks to those
+    whose every case is kept."""
     if not filters:
         return run
-
-    def kept(case_id: str) -> bool:
-        return "/*/" not in case_id and any(f in case_id for f in filters)
-    stored = (run.run.get("baseline") or {}).get("ratios")
+    stored = (run.run.get("baseline") or {}).get("checks")
     if stored is None:
-        stored = [{"case_id": k[0], "component": k[1], "median": v[0], "values": [v[0]]}
-                  for k, v in ratios(run.rows).items()]
-    meta = {**run.run, "baseline": {**(run.run.get("baseline") or {}),
-                                    "ratios": [i for i in stored if kept(i["case_id"])]}}
-    return replace(narrow_rows(run, filters), run=meta)
+        return narrow_rows(run, filters)
+    kept = [i for i in stored if all(any(f in c for f in filters) for c in i["cases"])]
+    return replace(narrow_rows(run, filters), run={**run.run, "baseline": {**run.run["baseline"], "checks": kept}})
 
 
 # ---- the gate's run: which baseline, what is measured, the rechecks, the verdict ------------

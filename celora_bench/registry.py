@@ -42,13 +42,13 @@ def get(name: str) -> Suite:
 def declared(suite: Suite) -> Suite:
     """The suite as the harness uses it: its verdict judged with the between-run sd its run recorded
     (machine_info["run_sd"]; none in files from before it was recorded), so a stored verdict is reproduced
-    whatever the current default."""
+    whatever the current default, and its checks in the order the suite declares (Suite.CHECKS)."""
     verdict = suite.verdict
 
     @wraps(verdict)
     def judged(rows, machine=None):
         with intervals.run_effect((machine or {}).get("run_sd", 0.0)):
-            return verdict(rows, machine)
+            return suite.ordered(verdict(rows, machine))
     return replace(suite, verdict=judged)
 
 

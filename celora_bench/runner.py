@@ -317,7 +317,7 @@ class _State:
         for c in verdict:
             if c.status == "NOISE" and c.kind == "measured":
                 keys |= {k for k in c.reads if k in ex.keys}
-                open_.append([c.check, c.scope, c.metric])
+                open_.append([c.check.id, c.scope, c.metric])
         self.run_.run.setdefault("looks", []).append({"round": self.next_round, "undecided": open_})
         return keys
 

@@ -54,9 +54,35 @@ class Context:
     options: Options
 
 
+class BadSuite(TypeError):
+    """A suite declared without what the harness needs; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class CheckId:
+    """What a check answers, declared once by its suite; Suite.CHECKS gives their order.
+
+    id: stable, in exports and results files; title: what every view shows; headline: its measured checks
+    answer the suite's question at a look; gated: "lower" or "higher" (which way is better) where the
+    stored-baseline gate compares its value between runs, "" where it does not; slack: that gate's threshold
+    is multiplied by it, for a quantity that moves between runs more than its interval within one shows."""
+
+    id: str
+    title: str
+    headline: bool = False
+    gated: str = ""
+    slack: float = 1.0
+
+    def __post_init__(self):
+        if self.gated not in ("", "lower", "higher"):
+            raise BadSuite(f"check {self.id!r}: gated must be '', 'lower' or 'higher', not {self.gated!r}")
+
+
 @dataclass(frozen=True)
 class Check:
     """One verdict line.
+
+    check: its CheckId (what it answers); scope, metric: what it was measured on, as text.
 
     status: PASS (the whole interval clears the line), FAIL (the whole interval
     misses it), NOISE ("within noise": the interval straddles the line) or INFO
@@ -70,7 +96,7 @@ class Check:
     ("r0", "0"), ("mode", "lean"): exports give each its own column, so nothing parses scope back apart.
     """
 
-    check: str
+    check: CheckId
     scope: str
     metric: str
     value: float | None
@@ -86,6 +112,7 @@ class Check:
 
     def to_json(self) -> dict:
         d = asdict(self)
+        d["check"], d["title"] = self.check.id, self.check.title
         d["reads"] = [list(k) for k in self.reads]
         d["labels"] = [list(k) for k in self.labels]
         return d
@@ -116,10 +143,6 @@ def budget_for(mode: str, device: str = "cpu") -> TimingBudget:
                         workers=workers)
 
 
-class BadSuite(TypeError):
-    """A suite declared without what the harness needs; the message says what is missing."""
-
-
 def _own_group(case) -> Any:
     return case.id
 
@@ -128,11 +151,7 @@ def _no_tables(rows) -> list:
     return []
 
 
-def _no_plots(rows, out_dir: str) -> list[str]:
-    return []
-
-
-def _no_headline(checks) -> list:
+def _no_plots(rows, out_dir: str, machine: dict | None = None) -> list[str]:
     return []
 
 
@@ -143,13 +162,14 @@ def _not_gated(case) -> bool:
 @dataclass(frozen=True)
 class Suite:
     """A suite, declared once by its package as `SUITE = Suite(...)` and listed by the registry. Required: NAME,
-    DESCRIPTION, cases, verdict and exactly one of setup (the engine times, counts and weighs the
+    DESCRIPTION, cases, verdict, CHECKS and exactly one of setup (the engine times, counts and weighs the
     celora_bench.measure.Target it returns) or run_case (the suite measures on its own and returns rows)."""
 
     NAME: str
     DESCRIPTION: str                                  # one line, in `celora-bench list`
     cases: Callable[[Options], list]                  # its sweep
     verdict: Callable[..., list[Check]]               # (rows, machine=None) -> checks
+    CHECKS: tuple[CheckId, ...]                       # what its checks answer, in the order every view shows
     setup: Callable | None = None                     # case -> Target
     run_case: Callable | None = None                  # (case, Context) -> rows
     QUESTION: str = ""                                # atop its report section (default: DESCRIPTION)
@@ -163,8 +183,7 @@ class Suite:
     group_key: Callable[[Any], Any] = _own_group      # same key: timed together
     tables: Callable[[list], Sequence[Any]] = _no_tables          # its own tables, in its short answer too
     case_tables: Callable[[list], Sequence[Any]] = _no_tables     # per-case tables: `show --detail`, the report
-    plots: Callable[[list, str], list[str]] = _no_plots          # its own figures: PNG paths
-    headline: Callable[[list[Check]], list[Check]] = _no_headline   # the checks that answer QUESTION at a look
+    plots: Callable[..., list[str]] = _no_plots       # (rows, out_dir, machine) -> its figures' PNG paths
     gated_case: Callable[[Any], bool] = _not_gated    # `gate --against` measures this case
 
     def __post_init__(self):
@@ -172,6 +191,22 @@ class Suite:
             raise BadSuite(f"suite {self.NAME!r} needs exactly one of setup and run_case")
         if not self.QUESTION:
             object.__setattr__(self, "QUESTION", self.DESCRIPTION)
+        ids = [c.id for c in self.CHECKS]
+        if len(set(ids)) != len(ids):
+            raise BadSuite(f"suite {self.NAME!r} declares a check id twice: {ids}")
+
+    def ordered(self, checks: list[Check]) -> list[Check]:
+        """Its checks in the declared order (stable within one CheckId); BadSuite for a check it did not declare."""
+        order = {c: i for i, c in enumerate(self.CHECKS)}
+        for c in checks:
+            if c.check not in order:
+                raise BadSuite(f"suite {self.NAME!r} returned check {c.check!r}, not in its CHECKS")
+        return sorted(checks, key=lambda c: order[c.check])
+
+    @staticmethod
+    def headline(checks: list[Check]) -> list[Check]:
+        """The measured checks whose CheckId is a headline: what answers the question at a look."""
+        return [c for c in checks if c.check.headline and c.kind == "measured"]
 
     @property
     def timed(self) -> bool:

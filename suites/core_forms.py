@@ -20,7 +20,7 @@ import statistics
 from celora_bench import intervals as I
 from celora_bench import models
 from celora_bench.cases import Case, Row
-from celora_bench.suite import Check, Options, Suite
+from celora_bench.suite import Check, CheckId, Options, Suite
 from core.config import GRAD_X_FORM, balanced_rank
 from core.scopes import GRAD_X_FROZEN, GRAD_X_LORA
 from suites import layer_bench
@@ -32,8 +32,8 @@ FORMS = ("split", "fused")
 LAYERS = ("q_proj", "gate_proj", "down_proj")
 P, RANK = 0.5, 16
 JUDGED = ("bwd", GRAD_X_FROZEN, GRAD_X_LORA)
-FORM_CHECK = "0. the layer ran the form asked"
-RATIO_CHECK = "1. fused / split"
+FORM_CHECK = CheckId("form", "the layer ran the form asked")
+RATIO_CHECK = CheckId("ratio", "fused / split", headline=True)
 
 setup = layer_bench.setup
 
@@ -115,4 +115,6 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
 
 
 SUITE = Suite(NAME=NAME, DESCRIPTION=DESCRIPTION, QUESTION=QUESTION, cases=cases, setup=setup, verdict=verdict,
+              CHECKS=(RATIO_CHECK, FORM_CHECK), plots=layer_bench.rooflines,
+              PLOT_CAPTIONS={"roofline-": layer_bench.ROOFLINE_CAPTION},
               JUDGED=JUDGED, group_key=group_key, case_tables=layer_bench.tables)

@@ -5,6 +5,7 @@ Shared by every layer-level suite: the same setup feeds timing, FLOPs and memory
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 from torch import nn
@@ -14,7 +15,7 @@ from celora_bench.cases import Case, Row
 from celora_bench.flops import CONVENTION, fvcore_forward
 from celora_bench.measure import Target
 from celora_bench.memory import tensor_bytes
-from celora_bench.render.tables import Table, by_case, case_label, mib, ms, parts_sum, table
+from celora_bench.render.tables import Table, by_case, mib, ms, parts_sum, table
 from core import components as C
 from core import gather
 from core.flops import COMPONENTS, layer_flops, module_flops
@@ -230,9 +231,43 @@ def tables(rows: list[Row]) -> list[Table]:
         whole, ps, gx = comps.get("fwd+bwd"), parts_sum(comps), comps.get(GRAD_X_FROZEN)
         gap = (f"{(whole.time.median - ps) / whole.time.median * 100:+.1f}"
                if ps and whole is not None and whole.time else "—")
-        t.add_row(f"{case.model} {case.layer} {case.m}x{case.n}", case.tokens, case.rank, case_label(case),
+        t.add_row(f"{case.model} {case.layer} {case.m}x{case.n}", case.tokens, case.rank, case.label,
                   ms(whole), f"{ps * 1e3:.2f}" if ps else "—", gap, ms(gx),
                   f"{gx.flops_analytic / 1e9:.3f}" if gx and gx.flops_analytic is not None else "—",
                   ms(comps.get("selection.amortized")), *(mib(comps[k].mem_bytes) if k in comps else "—"
                                                           for k in ("fwd", "bwd", "state")))
     return [t]
+
+
+ROOFLINE_CAPTION = ("roofline from the run's calibrated peaks: each component of dense LoRA and of CE-LoRA "
+                    "(r0 = 0, lean) at its arithmetic intensity; the distance below the roof is 1 - SOL")
+
+
+def layer_groups(rows: list[Row]) -> dict:
+    """(model, N, r, dtype, device) -> {case: {component: Row}} for layer-level cases of dense LoRA and
+    CE-LoRA (a timed G_y·W0 and fwd+bwd; whole-model rows have neither)."""
+    out: dict = {}
+    for case, comps in by_case(rows).items():
+        if case.provider in ("dense", "celora") and GRAD_X_FROZEN in comps and "fwd+bwd" in comps:
+            out.setdefault((case.model, case.tokens, case.rank, case.dtype, case.device), {})[case] = comps
+    return out
+
+
+def rooflines(rows: list[Row], out_dir: str, machine: dict | None = None) -> list[str]:
+    """One roofline per layer group from the run's peaks (none without a calibration): dense LoRA and CE-LoRA
+    r0 = 0 lean, each component a point."""
+    from celora_bench import roofline
+    from celora_bench.render.figures import roofline_plot
+
+    peaks = roofline.peaks_in(rows, machine or {})
+    if peaks is None:
+        return []
+    paths = []
+    for (model, N, r, dtype, device), cases in sorted(layer_groups(rows).items()):
+        shown = [row for comps in cases.values() for row in comps.values()
+                 if row.case.provider == "dense" or (row.case.svd_rank == 0 and not row.case.cache_rows)]
+        got = roofline_plot(shown, peaks, f"roofline: {model}, N={N}, r={r}, {dtype}, {device}",
+                            os.path.join(out_dir, f"roofline-{model}-N{N}-r{r}-{dtype}-{device}.png"))
+        if got:
+            paths.append(got)
+    return paths

@@ -156,7 +156,8 @@ def test_verdict_is_a_paired_interval_over_seeds():
     rows += [_final("paper", s, "arith", v + d) for (s, v), d in zip(lora.items(), (0.1, -0.2, 0.1))]
     rows += [_final("svd0", s, "arith", v - 10 + d) for (s, v), d in zip(lora.items(), (0.5, -0.5, 0.0))]
     rows += [_final("all", s, "arith", v + d) for (s, v), d in zip(lora.items(), (3.0, -3.0, 0.5))]
-    checks = {c.scope.split(",")[0]: c for c in convergence.checks.verdict(rows) if c.check.startswith(("1.", "2."))}
+    checks = {c.scope.split(",")[0]: c for c in convergence.checks.verdict(rows)
+              if c.check in (convergence.checks.PAPER_CHECK, convergence.checks.ABLATION_CHECK)}
     d = [0.1, -0.2, 0.1]        # paper - LoRA per seed; the reference interval by hand, t(0.975, 2) = 4.3026527
     mean, se = sum(d) / 3, (sum((x - sum(d) / 3) ** 2 for x in d) / 2) ** 0.5 / 3 ** 0.5
     assert checks["paper"].value == pytest.approx(mean)
@@ -164,7 +165,7 @@ def test_verdict_is_a_paired_interval_over_seeds():
         mean + 4.3026527 * se)
     assert checks["paper"].status == "PASS" and checks["svd0"].status == "FAIL" and checks["all"].status == "NOISE"
     one = [_final("lora", 0, "lm", 2.0), _final("paper", 0, "lm", 2.1)]
-    (c,) = [c for c in convergence.checks.verdict(one) if c.check.startswith("1.")]
+    (c,) = [c for c in convergence.checks.verdict(one) if c.check is convergence.checks.PAPER_CHECK]
     assert c.status == "INFO" and "smoke run" in c.detail and c.lo is None
 
 

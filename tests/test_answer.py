@@ -6,12 +6,12 @@ from rich.console import Console
 from celora_bench import results
 from celora_bench.registry import checks_of
 from celora_bench.render import answer
-from celora_bench.suite import Check
+from celora_bench.suite import Check, CheckId
 
 RUN = "results/readme/agreement/quick-1.json"      # a committed quick run of the README's first command
 
 
-def _check(layer, p, value, status, question="2. cut"):
+def _check(layer, p, value, status, question=CheckId("cut", "cut")):
     labels = (("model", "m"), ("layer", layer), ("provider", "celora"), ("p", p), ("r0", "0"), ("mode", "lean"))
     return Check(question, f"{layer} p={p}", "time ratio", value, "<= line", status, lo=value * 0.9,
                  hi=value * 1.1, labels=labels)

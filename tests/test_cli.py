@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from celora_bench import cli, results
+from celora_bench import cli, registry, results
 
 SMALL = ["--model", "tiny", "-k", "tiny/q_proj+"]       # the tiny model's 256x256 shape
 
@@ -40,9 +40,11 @@ def test_run_writes_every_component_and_a_verdict(run_file):
         assert ("dense", c) in comps and ("celora", c) in comps
     assert ("celora", "selection.amortized") in comps and ("peft", "fwd+bwd") in comps
     checks = run.verdicts["backward-breakdown"]
-    assert {c["check"][:2] for c in checks} == {"0.", "1.", "2.", "3.", "4."}  # 0.: exact FLOPs, 4.: speed of light
-    assert all(c["status"] == "INFO" for c in checks if c["check"].startswith("4."))
-    assert all(c["status"] in ("PASS", "FAIL", "NOISE") for c in checks if not c["check"].startswith("4."))
+    order = [c.id for c in registry.get("backward-breakdown").CHECKS]
+    assert [c["check"] for c in checks] == sorted((c["check"] for c in checks), key=order.index)   # as declared
+    assert {c["check"] for c in checks} == {"share", "cost", "amdahl", "refresh", "vs-peft", "sol", "exact"}
+    assert all(c["status"] == "INFO" for c in checks if c["kind"] == "info")
+    assert all(c["status"] in ("PASS", "FAIL", "NOISE") for c in checks if c["kind"] == "measured")
     timed = [c for c in checks if "time" in c["metric"] or "speed-up" in c["metric"]]
     assert timed and all(c["lo"] <= c["value"] <= c["hi"] for c in timed)       # every timed value has its interval
 

@@ -51,7 +51,8 @@ def _checks(deltas_acc):
     rows = [_final("lora", s, v, 1.0) for s, v in lora.items()]
     for arm, d in deltas_acc.items():
         rows += [_final(arm, s, lora[s] + x, 1.0) for s, x in zip(lora, d)]
-    return {c.scope.split(",")[0]: c for c in convergence.checks.verdict(rows) if "[accuracy]" in c.check}
+    return {c.scope.split(",")[0]: c for c in convergence.checks.verdict(rows)
+            if ("metric", "accuracy") in c.labels}
 
 
 def test_equivalence_verdict_equivalent_worse_undecided():
@@ -65,7 +66,7 @@ def test_equivalence_verdict_equivalent_worse_undecided():
     verdicts = {a: dict(x.labels)["verdict"] for a, x in c.items()}
     assert verdicts == {"paper": "equivalent", "all": "worse", "svd0": "undecided"}
     assert (c["paper"].status, c["all"].status, c["svd0"].status) == ("PASS", "FAIL", "NOISE")
-    assert c["paper"].check.startswith("1.") and c["all"].check.startswith("2.")
+    assert c["paper"].check is medium.EQUIV_PAPER_CHECK and c["all"].check is medium.EQUIV_ABLATION_CHECK
     # the undecided arm: the seeds that would decide it are more than it had, and that many would
     need = int(dict(c["svd0"].labels)["seeds_to_decide"])
     m, s = sum(d_und) / 4, (sum((x - sum(d_und) / 4) ** 2 for x in d_und) / 3) ** 0.5
@@ -145,9 +146,9 @@ def test_a_stopped_medium_run_keeps_finished_cases_resumes_and_reverdicts(small_
     assert final[0].extra["eval_loss_curve"] == pytest.approx(final[0].extra["eval_loss"])   # 6 problems < 100
     # the stored verdict is what the current rules compute from the rows (what `reverdict --check` tests)
     assert done.verdicts == runner.verdicts_of(results.load(path), ["convergence"])
-    names = {c["check"] for c in done.verdicts["convergence"]}
-    assert {"1. equivalent to LoRA: paper preset [accuracy]", "1. equivalent to LoRA: paper preset [eval_loss]",
-            "3. step time", "0. LoRA moved from the pretrained model"} <= names
+    names = {(c["check"], dict(c["labels"]).get("metric")) for c in done.verdicts["convergence"]}
+    assert {("equivalent-paper", "accuracy"), ("equivalent-paper", "eval_loss"), ("step-time", None),
+            ("moved", None)} <= names
     html = open(page.write([done], str(tmp_path / "medium.html"))).read()
     assert "convergence-tradeoff-tiny-byte.png" in html and "convergence-medium-tiny-byte.png" in html
     assert "speed-up vs LoRA" in html

@@ -12,7 +12,7 @@ from celora_bench import flops, memory, results, runner
 from celora_bench.cases import Case, Row
 from celora_bench.measure import measure_group
 from celora_bench.rounds import time_rounds
-from celora_bench.suite import Options, Suite
+from celora_bench.suite import CheckId, Options, Suite
 from celora_bench.timing import TimeStats, TimingBudget
 from core.flops import COMPONENTS, layer_flops
 from suites import layer_bench
@@ -145,7 +145,7 @@ def test_load_missing_file(tmp_path):
 def fake_suite(cls) -> Suite:
     """A stand-in class declared as the Suite it stands for."""
     return Suite(NAME=cls.NAME, DESCRIPTION=cls.DESCRIPTION, cases=cls.cases, verdict=cls.verdict,
-                 run_case=cls.run_case)
+                 run_case=cls.run_case, CHECKS=getattr(cls, "CHECKS", ()))
 
 
 class _Suite:
@@ -222,7 +222,11 @@ def test_every_suite_declares_a_suite_and_the_declaration_fills_its_defaults():
     assert not s.timed and s.group_key(_Suite.cases(None)[0]) == _Suite.cases(None)[0].id and s.plots([], ".") == []
     assert s.QUESTION == "a stand-in" and not s.gated_case(_Suite.cases(None)[0])
     with pytest.raises(registry.BadSuite, match="exactly one of setup and run_case"):
-        Suite(NAME="x", DESCRIPTION="y", cases=lambda o: [], verdict=lambda r, m=None: [])
+        Suite(NAME="x", DESCRIPTION="y", cases=lambda o: [], verdict=lambda r, m=None: [], CHECKS=())
+    twice = (CheckId("a", "A"), CheckId("a", "B"))
+    with pytest.raises(registry.BadSuite, match="declares a check id twice"):
+        Suite(NAME="x", DESCRIPTION="y", cases=lambda o: [], verdict=lambda r, m=None: [], CHECKS=twice,
+              run_case=lambda c, ctx: [])
 
 
 def test_the_registry_refuses_a_package_without_its_declaration(monkeypatch):

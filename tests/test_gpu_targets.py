@@ -8,7 +8,7 @@ import pytest
 from celora_bench import registry, runner
 from celora_bench.suite import Options
 from suites import gpu_targets, lines
-from suites.gpu_targets import common, steps
+from suites.gpu_targets import attribution, common, layers, steps
 
 SECTIONS = ["smoke", "convert", "layers", "step-1b", "step-8b", "attribution", "kernels"]
 # every timed target met by any measurement (tiny CPU rounds can even give a negative bound): the exact checks
@@ -64,7 +64,7 @@ def test_every_section_runs_on_the_cpu_and_its_checks_pass_when_every_target_is_
     assert [c.provider for c in dict.fromkeys(r.case for r in full.rows)] == [
         c.provider for c in gpu_targets.cases(Options(device="cpu"))]
     checks = _verdict(full.rows)
-    judged = {c.scope.split()[0] if c.check == common.EXACT_CHECK else c.check.split(":")[0] for c in checks
+    judged = {c.scope.split()[0] if c.check == common.EXACT_CHECK else c.check.id for c in checks
               if c.status != "INFO"}
     assert {"smoke", "tiny", "tiny-byte"} <= judged                    # smoke's facts, the steps', convert's
     assert {c.status for c in checks} <= {"PASS", "INFO"}, [c for c in checks if c.status not in ("PASS", "INFO")]
@@ -77,7 +77,8 @@ def test_every_layer_shape_judges_amdahl_and_the_kept_column_product(full):
     for label in ("q_proj+o_proj", "k_proj+v_proj", "gate_proj+up_proj", "down_proj"):
         mine = [c for c in checks if c.scope.startswith(label + " ")]
         # p = 0.5 and the paper's ratio, r0 = 0 and 14: four bounds and two kept products per shape
-        assert sum("Amdahl" in c.check for c in mine) == 4 and sum("kept-column" in c.check for c in mine) == 2
+        assert sum(c.check is layers.AMDAHL_CHECK for c in mine) == 4 and sum(c.check is layers.KEPT_CHECK
+                                                                           for c in mine) == 2
         assert all(c.lo is not None and c.rounds == 3 for c in mine)   # intervals between the suite's rounds
 
 
@@ -100,12 +101,13 @@ def test_convert_reuses_its_svd_cache(full):
 def test_a_target_missed_fails_and_only_its_checks(full):
     checks = _verdict(full.rows, {"kept_over_p": 0.0})
     failed = [c for c in checks if c.status == "FAIL"]
-    assert len(failed) == 8 and all("kept-column" in c.check for c in failed)   # 4 shapes x 2 ratios
+    assert len(failed) == 8 and all(c.check is layers.KEPT_CHECK for c in failed)   # 4 shapes x 2 ratios
     failed = [c for c in _verdict(full.rows, {"attribution": 1e9}) if c.status == "FAIL"]
-    assert len(failed) == 2 and all("attribution" in c.check for c in failed)
+    assert len(failed) == 2 and all(c.check is attribution.ATTRIBUTION_CHECK for c in failed)
     # two-sided: a count above the events fails too (kernels on one stream cannot outlast them)
     failed = [c for c in _verdict(full.rows, {"attribution_max": 1e-9}) if c.status == "FAIL"]
-    assert len(failed) == 2 and all("attribution" in c.check and c.target.startswith("<=") for c in failed)
+    assert len(failed) == 2 and all(c.check is attribution.ATTRIBUTION_CHECK and c.target.startswith("<=")
+                                    for c in failed)
     # the step must beat dense besides reaching its fraction of the bound
     failed = [c for c in _verdict(full.rows, {"step_speedup": 1e9}) if c.status == "FAIL"]
     assert len(failed) == 4 and all(c.check == steps.SPEEDUP_CHECK for c in failed)

@@ -60,15 +60,18 @@ def test_a_file_is_judged_with_the_between_run_sd_it_recorded():
     """registry wraps every verdict: machine_info["run_sd"] widens the intervals; a file without it (made
     before) is judged as it was, whatever the default is now."""
     from celora_bench import registry
-    from celora_bench.suite import Suite
+    from celora_bench.suite import Check, CheckId, Suite
+
+    x = CheckId("x", "x")
 
     def verdict(rows, machine=None):
-        return I.of_values([1.0, 1.01, 0.99, 1.0, 1.02, 0.98], procs=[0, 0, 1, 1, 2, 2])
+        iv = I.of_values([1.0, 1.01, 0.99, 1.0, 1.02, 0.98], procs=[0, 0, 1, 1, 2, 2])
+        return [Check(x, "s", "m", iv.value, "", "INFO", lo=iv.lo, hi=iv.hi)]
 
-    judged = registry.declared(Suite(NAME="x", DESCRIPTION="y", cases=lambda o: [], verdict=verdict,
+    judged = registry.declared(Suite(NAME="x", DESCRIPTION="y", cases=lambda o: [], verdict=verdict, CHECKS=(x,),
                                      run_case=lambda c, ctx: [])).verdict
-    old, new = judged([], {}), judged([], {"run_sd": 0.05})
-    assert old == verdict([]) and new.lo < old.lo and new.hi > old.hi
+    (old,), (new,) = judged([], {}), judged([], {"run_sd": 0.05})
+    assert old == verdict([])[0] and new.lo < old.lo and new.hi > old.hi
 
 
 def test_the_default_between_run_sd_and_its_override(monkeypatch):

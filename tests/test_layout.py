@@ -116,6 +116,27 @@ def test_the_harness_names_no_suite_but_through_the_registry():
     assert named == {}
 
 
+def test_the_harness_holds_no_provider_or_component_name():
+    """What README says of celora_bench/: no module of it but cases.py (the Case record, whose fields are
+    CE-LoRA's knobs) holds a provider or component name of CE-LoRA's as a value, or imports core.scopes: what
+    is judged, gated and drawn is the suites' (their checks). env.py names the peft package, for its version."""
+    from core import scopes
+    names = {"celora", "dense", "peft"} | {v for k, v in vars(scopes).items() if k.isupper() and isinstance(v, str)}
+    allowed = {"celora_bench.cases": names, "celora_bench.env": {"peft"}}
+    found = {}
+    for name, path in _modules().items():
+        if not name.startswith("celora_bench"):
+            continue
+        tree = ast.parse(open(path).read())
+        hits = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in names}
+        hits |= {"import core.scopes" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+                 and n.module.startswith("core")}
+        hits -= allowed.get(name, set())
+        if hits:
+            found[name] = sorted(hits)
+    assert found == {}
+
+
 def test_no_suite_imports_another_suite(graph):
     from celora_bench.registry import SUITES
     assert crossings(graph, list(SUITES.values())) == {}

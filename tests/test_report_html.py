@@ -18,7 +18,7 @@ from celora_bench.render import html as H
 from celora_bench.render import page as P
 from celora_bench.render import tables as T
 from celora_bench.render import view as V
-from celora_bench.suite import Check
+from celora_bench.suite import Check, CheckId
 
 README = os.path.join(os.path.dirname(__file__), "..", "results", "readme")
 COMMITTED = {"agreement/quick-1.json": 3, "approx-error-quick.json": 1, "convergence-quick.json": 1,
@@ -120,7 +120,7 @@ def test_each_suite_page_parses_holds_every_verdict_row_and_plot(name, request):
     shown = {tuple(r[:3]) for r in page.rows if r and len(r) >= 3}
     assert checks, 'nothing to check: the loop below would pass vacuously'
     for c in checks:
-        assert (c.check, c.scope, c.metric) in shown, f"verdict row missing: {c.check} / {c.scope} / {c.metric}"
+        assert (c.check.title, c.scope, c.metric) in shown, f"verdict row missing: {c.check.title} / {c.scope}"
     pngs = [s for s in page.imgs if s.startswith("data:image/png;base64,")]
     assert len(pngs) == len(page.imgs) >= COMMITTED[name]
     assert pngs, 'nothing to check: the loop below would pass vacuously'
@@ -181,10 +181,11 @@ def test_several_runs_side_by_side(bb_quick):
 
 
 def test_verdict_rows_show_intervals_within_noise_and_kind():
-    checks = [Check("t", "a scope", "time ratio", 0.5123456, "<= 0.5", "NOISE", lo=0.49, hi=0.53),
-              Check("t", "b scope", "FLOP ratio", 0.25, "= 0.25", "PASS", kind="exact"),
-              Check("t", "c scope", "order", None, "reported", "INFO", "x < y", kind="info"),
-              Check("t", "d scope", "speed-up", 1.2, ">= 1.3", "FAIL", lo=1.1, hi=1.25)]
+    t = CheckId("t", "t")
+    checks = [Check(t, "a scope", "time ratio", 0.5123456, "<= 0.5", "NOISE", lo=0.49, hi=0.53),
+              Check(t, "b scope", "FLOP ratio", 0.25, "= 0.25", "PASS", kind="exact"),
+              Check(t, "c scope", "order", None, "reported", "INFO", "x < y", kind="info"),
+              Check(t, "d scope", "speed-up", 1.2, ">= 1.3", "FAIL", lo=1.1, hi=1.25)]
     page = Page(H.verdict_html(checks))
     rows = {r[1]: r for r in page.rows if r and r[0] == "t"}
     assert rows["a scope"][3] == "0.5123 [0.49–0.53]" and rows["a scope"][5] == "within noise"

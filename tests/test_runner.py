@@ -8,7 +8,7 @@ from celora_bench import intervals as I
 from celora_bench import registry, results, runner
 from celora_bench.cases import Case
 from celora_bench.measure import Target
-from celora_bench.suite import Check, Options, Suite
+from celora_bench.suite import Check, CheckId, Options, Suite
 from celora_bench.timing import TimingBudget
 
 BUDGET = TimingBudget(all_rounds=2, rounds=3, stages=(5, 8), block_s=0.0005)
@@ -46,10 +46,12 @@ class _Suite:
         by = {(r.case.id, r.component): r for r in rows}
         keys = tuple(k for k in by if k[1] == "judged" and "/L0/" in k[0])
         n = min(len(by[k].samples) for k in keys) if keys else 0
-        return [Check("c", "L0", "m", 1.0, "", "PASS" if n >= _Suite.need else "NOISE", reads=keys, rounds=n)]
+        return [Check(C, "L0", "m", 1.0, "", "PASS" if n >= _Suite.need else "NOISE", reads=keys, rounds=n)]
 
 
+C = CheckId("c", "c")
 SUITE = Suite(NAME="fake", DESCRIPTION="a stand-in", cases=_Suite.cases, setup=_Suite.setup, verdict=_Suite.verdict,
+              CHECKS=(C,),
               group_key=_Suite.group_key, JUDGED=_Suite.JUDGED)
 
 

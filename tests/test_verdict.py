@@ -203,12 +203,12 @@ def test_model_step_pairs_predicted_and_measured_speed_ups():
     rows = (_step_rows("dense", 1.0, 1000, 400) + _step_rows("peft", 1.2, 1000)
             + _step_rows("celora-paper", 0.95, 800) + _step_rows("celora-all", 0.8, 700))
     checks = model_step.checks.verdict(rows)
-    by = {(c.check[:2], c.scope.split()[-1], c.metric): c for c in checks}
-    assert by[("2.", "celora-paper", "FLOP-predicted")].value == pytest.approx(1000 / 800)
-    measured = by[("2.", "celora-paper", "measured")]
+    by = {(c.check.id, c.scope.split()[-1], c.metric): c for c in checks}
+    assert by[("vs-dense", "celora-paper", "FLOP-predicted")].value == pytest.approx(1000 / 800)
+    measured = by[("vs-dense", "celora-paper", "measured")]
     assert measured.value == pytest.approx(1 / 0.95, rel=0.02)
     assert measured.status == "FAIL"          # 1.05 < 0.9 × 1.25, the whole interval below the line
-    assert by[("3.", "celora-all", "measured")].value == pytest.approx(1.2 / 0.8, rel=0.02)
-    assert by[("3.", "celora-all", "measured")].status == "PASS"
+    assert by[("vs-peft", "celora-all", "measured")].value == pytest.approx(1.2 / 0.8, rel=0.02)
+    assert by[("vs-peft", "celora-all", "measured")].status == "PASS"
     share = [c for c in checks if c.metric.startswith("FLOP share")][0]
     assert share.value == pytest.approx(0.4)

@@ -13,8 +13,9 @@ Rules (--fail-on, repeatable) are METRIC:N%[@FIELD=VALUE[|VALUE],...]:
   time.median / time.min   candidate slower than the baseline by more than N%
   flops                    FLOPs changed by more than N% (either way); flops:0% is exact
   memory                   bytes grew by more than N%
-  ratio                    CE-LoRA/dense of the same run (per-round trimmed mean) grew by more than N%
-FIELD: suite, provider, component, layer, model, case.
+  check                    a check its suite marks gated worse than the baseline's by more than N%,
+                           its whole interval beyond that line (the verdicts recomputed from each run)
+FIELD: suite, provider, component, layer, model, case (on a check: component is its id, the rest its labels).
 examples:
   celora-bench compare results/baseline.json new.json
   celora-bench compare a.json b.json --fail-on time.median:10%@provider=celora,component=bwd.grad_x_frozen
@@ -36,17 +37,19 @@ harness and suites: a slowdown there is not caught (see celora_bench/abgate.py).
 
 Without --against, the stored-baseline mode (offline):
 
-Times differ between machines, so time is gated as CE-LoRA/dense ratios measured
-interleaved in the same rounds of one run (each ratio the trimmed mean of its
-per-round values): a ratio more than 15% over the baseline's is a regression
-(ratio:15%; 30% where dense takes under 10 ms; +150% for the refresh). The
-baseline's ratios are the per-ratio medians of at least three runs. FLOPs,
+Times differ between machines, so time is gated through the checks the suite marks
+gated, each a ratio of series timed interleaved in the same rounds of one run
+(backward-breakdown: CE-LoRA's G_y·W0 cost over dense's and the layer's speed-up
+over its Amdahl bound per case, one refresh over dense G_y·W0, dense LoRA over
+peft): a check worse than the baseline's by more than 15%, its whole interval
+beyond that line, is a regression (check:15%). The baseline's values are the
+per-check medians of at least three runs. FLOPs,
 persistent and per-step allocated bytes and the case set must equal the
 baseline's exactly. A time regression in the first pass is measured again,
 its whole interleaved group, --recheck N times (default 3) with the run's own
 budget, and judged on the median of those rechecks alone (the first pass,
 picked for being over the line, is left out). -k narrows the baseline as it
-narrows the run (block-level ratios are then not compared). --device cuda
+narrows the run (a stored check is kept when every case it read is). --device cuda
 gates a GPU run against results/baseline-cuda.json.
 A stored baseline made on another machine (CPU model, threads, BLAS, torch, device)
 is refused unless --force-machine is given.
@@ -91,7 +94,7 @@ def add_gate(sub) -> None:
                            "each of the runs the baseline is made of)")
     gate.add_argument("--fail-on", action="append", default=[], metavar="SPEC", help="extra rules")
     gate.add_argument("--update-baseline", action="store_true",
-                      help="write a new baseline: the per-ratio medians of --runs measured runs (or of the "
+                      help="write a new baseline: the per-check medians of --runs measured runs (or of the "
                            "--from runs, at least 3)")
     gate.add_argument("--runs", type=_baseline_runs, default=3,
                       help="runs measured for --update-baseline (default 3, at least 3)")
@@ -216,7 +219,7 @@ def cmd_gate(args) -> int:
                 base = gate.make_baseline(runs, baseline)
             except gate.BaselineError as e:
                 raise CLIError(str(e)) from None
-            print(f"baseline written: {baseline} ({len(base.rows)} rows; ratios: medians of "
+            print(f"baseline written: {baseline} ({len(base.rows)} rows; gated checks: medians of "
                   f"{len(runs)} runs: {', '.join(r.path for r in runs)})")
             return 0
         cand = _load(froms[0]) if froms else gate.measure(stem + ".json", device, dtype, args.filter, args.threads)

@@ -101,7 +101,6 @@ def cmd_run(args) -> int:
     )
 
     from celora_bench import registry, runner
-    from celora_bench.render.tables import case_label
     from celora_bench.results import ResultsError
     from celora_bench.suite import Options
 
@@ -170,7 +169,7 @@ def cmd_run(args) -> int:
             raise CLIError(f"no case matches -k {' -k '.join(args.filter)}" if args.filter else "no cases to run")
 
     def on_case(case, seconds):
-        progress.update(task, advance=1, description=f"{case.layer} {case_label(case)}"[:48])
+        progress.update(task, advance=1, description=f"{case.layer} {case.label}"[:48])
 
     try:
         with progress:

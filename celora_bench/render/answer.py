@@ -1,9 +1,10 @@
 """The end of `run`: the answer in about 30 lines that fit 120 columns, read from the checks alone.
 
-Per question (a check name) its timed checks as one grid over their labels: rows are the first label whose
-values differ, columns the other differing labels; a cell is the value and its status mark. A suite's own
-tables (e.g. convergence's per-arm table) come first; checks without labels are one line each. Then the
-counts and where everything else is (`show --detail`, the HTML report). `run --detail` prints it all.
+Per question (a CheckId, in the order its suite declares) its timed checks as one grid over their labels:
+rows are the first label whose values differ, columns the other differing labels; a cell is the value and its
+status mark. A suite's own tables (e.g. convergence's per-arm table) come first; checks without labels are
+one line each. Then the counts and where everything else is (`show --detail`, the HTML report).
+`run --detail` prints it all.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from celora_bench import registry
 from celora_bench.render.terminal import rich
 from celora_bench.render.view import RunView, build, value_text, verdict_counts
 from celora_bench.results import Run
-from celora_bench.suite import Check
+from celora_bench.suite import Check, CheckId
 
 MARK = {"PASS": "✓", "FAIL": "✗", "NOISE": "~"}
 LEGEND = "✓ PASS (the whole 95.5% interval clears the line)  ✗ FAIL (misses it wholly)  ~ within noise"
@@ -43,13 +44,14 @@ def grid(checks: list[Check]) -> tuple[str, list[str], list[tuple[str, list[str]
     return row_key, headers, out
 
 
-def title(question: str, checks: list[Check]) -> str:
+def title(number: int, checks: list[Check]) -> str:
     """"1. G_y·W0 share of fwd+bwd: time share (wall), line [0.40, 0.55]" (the line when all share one)."""
     targets = {c.target for c in checks}
-    return f"{question}: {checks[0].metric}" + (f", line {targets.pop()}" if len(targets) == 1 else "")
+    line = f", line {targets.pop()}" if len(targets) == 1 else ""
+    return f"{number}. {checks[0].check.title}: {checks[0].metric}{line}"
 
 
-def grid_table(question: str, checks: list[Check]) -> RichTable:
+def grid_table(checks: list[Check]) -> RichTable:
     row_key, headers, rows = grid(checks)
     t = RichTable(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     t.add_column(Text(row_key or "scope"))
@@ -72,18 +74,18 @@ def print_answer(v: RunView, console: Console) -> None:
         if s.question:
             console.print(f"[bold]{s.suite}[/]: {s.question}")
         timed = [c for c in s.checks if c.kind == "measured"]
-        by_question: dict[str, list[Check]] = {}
+        by_question: dict[CheckId, list[Check]] = {}
         for c in timed:
             by_question.setdefault(c.check, []).append(c)
         loose = []
-        for question, checks in by_question.items():
+        for number, checks in enumerate(by_question.values(), 1):
             if all(c.labels for c in checks):
-                console.print(Text(title(question, checks), style="bold"))
-                console.print(grid_table(question, checks))
+                console.print(Text(title(number, checks), style="bold"))
+                console.print(grid_table(checks))
             else:
                 loose += checks
         for c in loose[:MAX_LINES]:
-            console.print(f"  {c.check} | {c.scope}: {value_text(c)} {MARK.get(c.status, c.status)}")
+            console.print(f"  {c.check.title} | {c.scope}: {value_text(c)} {MARK.get(c.status, c.status)}")
         if len(loose) > MAX_LINES:
             console.print(f"  … {len(loose) - MAX_LINES} more timed checks: see show --detail")
         if timed:

@@ -44,16 +44,16 @@ def _rendered(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdict_frame(run: Run) -> pd.DataFrame:
-    """One line per verdict check, recomputed from the rows: value with its interval [lo, hi], the scope's
-    fields (Check.labels: layer, p, r0, mode, ...) each in its own column."""
+    """One line per verdict check, recomputed from the rows: its id and title, value with its interval [lo, hi],
+    the scope's fields (Check.labels: layer, p, r0, mode, ...) each in its own column."""
     from celora_bench.render.view import checks_of, suites_of
 
     checks = [(s, c) for s in suites_of(run) for c in checks_of(run, s)]
     labels = list(dict.fromkeys(k for _, c in checks for k, _ in c.labels))     # the scope's fields, as columns
     records = [{"suite": s, **{k: v for k, v in c.to_json().items() if k not in ("reads", "labels")},
                 **dict(c.labels)} for s, c in checks]
-    cols = ["suite", "check", "scope", *labels, "metric", "value", "lo", "hi", "target", "status", "kind", "rounds",
-            "detail"]
+    cols = ["suite", "check", "title", "scope", *labels, "metric", "value", "lo", "hi", "target", "status", "kind",
+            "rounds", "detail"]
     return pd.DataFrame.from_records(records, columns=cols)
 
 

@@ -1,10 +1,8 @@
-"""PNG figures of a run, read from the results file only: each suite's own (its `plots`), then the run's
-roofline per layer group (celora_bench.roofline: both roofs from the calibrated peaks, each component of
-dense LoRA and of CE-LoRA r0 = 0 lean a labelled point)."""
+"""PNG figures of a run, read from the results file only: each suite's own (its `plots`, given the run's
+rows and machine), and the drawing they share: a roofline of any rows against the run's calibrated peaks."""
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 
 import matplotlib
 
@@ -14,11 +12,7 @@ import numpy as np  # noqa: E402
 
 from celora_bench import intervals, registry, roofline  # noqa: E402
 from celora_bench.models import layer_order  # noqa: E402
-from celora_bench.render.tables import by_case, case_label  # noqa: E402
 from celora_bench.results import Run  # noqa: E402
-
-ROOFLINE_CAPTION = ("roofline from the run's calibrated peaks: each component of dense LoRA and of CE-LoRA "
-                    "(r0 = 0, lean) at its arithmetic intensity; the distance below the roof is 1 - SOL")
 
 
 def save(fig, out_dir: str, name: str, rect=None) -> str:
@@ -33,16 +27,6 @@ def save(fig, out_dir: str, name: str, rect=None) -> str:
     return path
 
 
-def layer_groups(rows) -> dict:
-    """(model, N, r, dtype, device) -> {case: {component: Row}} for layer-level cases of dense LoRA and
-    CE-LoRA (a timed G_y·W0 and fwd+bwd; whole-model rows have neither)."""
-    out: dict = defaultdict(dict)
-    for case, comps in by_case(rows).items():
-        if case.provider in ("dense", "celora") and "bwd.grad_x_frozen" in comps and "fwd+bwd" in comps:
-            out[(case.model, case.tokens, case.rank, case.dtype, case.device)][case] = comps
-    return out
-
-
 MARKERS = "osD^v<>pPX*hH"
 
 
@@ -50,14 +34,14 @@ def roofline_plot(rows, peaks, title: str, path: str) -> str | None:
     """Log-log roofline from the run's measured peaks: every timed component with analytic FLOPs and bytes
     as a point (colour: provider, marker: component), one panel per layer; FLOP-free components (a gather)
     sit on the bandwidth axis at their bytes/s instead."""
-    from celora_bench import roofline
 
     pts = roofline.points(rows, peaks)
     if not pts:
         return None
     layers = sorted({r.case.layer for r, _ in pts}, key=layer_order)
     comps = sorted({r.component for r, _ in pts})
-    provs = sorted({case_label(r.case) for r, _ in pts}, key=lambda s: (s != "dense", s))
+    provs = [c.label for c in sorted({r.case for r, _ in pts}, key=lambda c: c.order)]
+    provs = list(dict.fromkeys(provs))
     cols = min(2, len(layers))
     nrows = (len(layers) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(6.2 * cols, 4.6 * nrows), squeeze=False)
@@ -69,7 +53,7 @@ def roofline_plot(rows, peaks, title: str, path: str) -> str | None:
         for r, p in pts:
             if r.case.layer != layer:
                 continue
-            color = f"C{provs.index(case_label(r.case)) % 10}"
+            color = f"C{provs.index(r.case.label) % 10}"
             marker = MARKERS[comps.index(r.component) % len(MARKERS)]
             if p.flops:
                 ax.loglog(p.intensity, p.flops_per_s / 1e9, marker, color=color, ms=6, alpha=0.85)
@@ -91,39 +75,22 @@ def roofline_plot(rows, peaks, title: str, path: str) -> str | None:
     return save(fig, *os.path.split(path), rect=(0, extra / fig.get_figheight(), 1, 1))
 
 
-def roofline_plots(run: Run, out_dir: str) -> list[str]:
-    """One roofline per layer group, from the run's peaks (none for a file without a calibration)."""
-    peaks = roofline.peaks_in(run.rows, run.machine_info)
-    if peaks is None:
-        return []
-    paths = []
-    for (model, N, r, dtype, device), cases in sorted(layer_groups(run.rows).items()):
-        rows = [r for comps in cases.values() for r in comps.values()
-                if r.case.provider == "dense" or (r.case.svd_rank == 0 and not r.case.cache_rows)]
-        tag = f"{model}-N{N}-r{r}-{dtype}-{device}"
-        got = roofline_plot(rows, peaks, f"roofline: {model}, N={N}, r={r}, {dtype}, {device}",
-                            os.path.join(out_dir, f"roofline-{tag}.png"))
-        if got:
-            paths.append(got)
-    return paths
-
-
 def plot(run: Run, out_dir: str) -> list[str]:
-    """Each registered suite's own plots of its rows, then the run's rooflines; returns the PNG paths."""
+    """Each registered suite's own plots of its rows; returns the PNG paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for suite in sorted({r.case.suite for r in run.rows} & set(registry.SUITES)):
         # a plot drawn from checks gets the intervals the run's verdict has (its recorded between-run sd)
         with intervals.run_effect(run.machine_info.get("run_sd", 0.0)):
-            paths += registry.get(suite).plots([r for r in run.rows if r.case.suite == suite], out_dir)
-    return paths + roofline_plots(run, out_dir)
+            paths += registry.get(suite).plots([r for r in run.rows if r.case.suite == suite], out_dir,
+                                               run.machine_info)
+    return paths
 
 
 def caption(path: str, suite: str) -> str:
-    """What a plot file shows: its suite's caption for the file-name prefix, or the roofline's."""
+    """What a plot file shows: its suite's caption for the file-name prefix."""
     base = os.path.basename(path)
-    known = dict(registry.get(suite).PLOT_CAPTIONS) if suite in registry.SUITES else {}
-    known["roofline-"] = ROOFLINE_CAPTION
+    known = registry.get(suite).PLOT_CAPTIONS if suite in registry.SUITES else {}
     for prefix, text in known.items():
         if base.startswith(prefix):
             return f"{text} ({base})"

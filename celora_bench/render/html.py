@@ -115,7 +115,7 @@ def verdict_html(checks: list[Check]) -> str:
            '<th class="num">value [interval]</th><th>target</th><th>status</th><th>kind</th>'
            '<th class="num">rounds</th><th>detail</th></tr></thead><tbody>']
     for c in checks:
-        out.append(f"<tr><td>{esc(c.check)}</td><td>{esc(c.scope)}</td><td>{esc(c.metric)}</td>"
+        out.append(f"<tr><td>{esc(c.check.title)}</td><td>{esc(c.scope)}</td><td>{esc(c.metric)}</td>"
                    f'<td class="num">{value_cell(c)}</td><td>{esc(c.target)}</td><td>{status_html(c.status)}</td>'
                    f'<td>{esc(c.kind)}</td><td class="num">{esc(rounds_text(c))}</td><td>{esc(c.detail)}</td></tr>')
     out.append("</tbody></table></div>")
@@ -126,7 +126,7 @@ def answer_html(checks: list[Check]) -> str:
     """Per check and metric: its statuses and the range of its values; then each row that did not pass."""
     groups: dict[tuple[str, str], list[Check]] = defaultdict(list)
     for c in checks:
-        groups[(c.check, c.metric)].append(c)
+        groups[(c.check.title, c.metric)].append(c)
     out = ['<div class="tablecap">per check and metric</div><table><thead><tr><th>check</th><th>metric</th>'
            + "".join(f'<th class="num">{status_html(s)}</th>' for s in STATUS_ORDER)
            + '<th class="num">values (min – max)</th></tr></thead><tbody>']

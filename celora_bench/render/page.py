@@ -151,17 +151,17 @@ def side_by_side(runs: list[Run], views: list[RunView], anchors: list[str]) -> s
                    + f'<td class="num">{n["measured"]} of {n["total"]}</td></tr>')
     out.append("</tbody></table>")
     head = "".join(f"<th>{esc(n)}</th>" for n in names)
-    groups = list(dict.fromkeys((s, c.check, c.metric) for vd in verdicts for s, c in vd))
+    groups = list(dict.fromkeys((s, c.check.title, c.metric) for vd in verdicts for s, c in vd))
     out += ["<h3>each check across the runs</h3>",
             '<div class="caption">values: min – max over the check\'s scopes; then the statuses</div>',
             f'<div class="scroll"><table><thead><tr><th>suite</th><th>check</th><th>metric</th>{head}</tr></thead>'
             "<tbody>"]
     for g in groups:
         out.append("<tr>" + "".join(f"<td>{esc(x)}</td>" for x in g)
-                   + "".join(_group_cell([c for s, c in vd if (s, c.check, c.metric) == g]) for vd in verdicts)
+                   + "".join(_group_cell([c for s, c in vd if (s, c.check.title, c.metric) == g]) for vd in verdicts)
                    + "</tr>")
     out.append("</tbody></table></div>")
-    by_key = [{(s, c.check, c.scope, c.metric): c for s, c in vd} for vd in verdicts]
+    by_key = [{(s, c.check.title, c.scope, c.metric): c for s, c in vd} for vd in verdicts]
     shared = [k for k in dict.fromkeys(k for d in by_key for k in d) if sum(k in d for d in by_key) > 1]
     if shared:
         rows = [f'<div class="scroll"><table><thead><tr><th>suite</th><th>check</th><th>scope</th><th>metric</th>'

@@ -47,13 +47,6 @@ def table(title: str, columns: list[str], left: tuple[str, ...], caption: str = 
     return Table(title, caption, [Column(c, c not in left) for c in columns])
 
 
-def case_label(c: Case) -> str:
-    if c.provider == "celora":
-        mode = "cached" if c.cache_rows else "lean"
-        return f"celora p={c.keep_ratio:g} r0={c.svd_rank} {mode}"
-    return c.provider
-
-
 def ms(row: Row | None) -> str:
     """Median ms, "*" when IQR/median > 10%."""
     if row is None or row.time is None:
@@ -124,10 +117,6 @@ GRID_CAPTION = (f"each cell: median ms over the raw samples (* = IQR/median > 10
                 f"overhead, not the kernel")
 
 
-def _provider_order(c: Case):
-    return (c.provider != "dense", c.provider != "peft", -c.keep_ratio, c.svd_rank, c.cache_rows, c.provider)
-
-
 def component_grids(rows: list[Row]) -> list[Table]:
     """Per layer (model, N, r, dtype, device, layer): components × providers, block order."""
     cases = by_case(rows)
@@ -136,10 +125,10 @@ def component_grids(rows: list[Row]) -> list[Table]:
         layers[(c.model, c.tokens, c.rank, c.dtype, c.device, c.layer)].append(c)
     out = []
     for key in sorted(layers, key=lambda k: (k[:5], layer_order(k[5]), k[5])):
-        cs = sorted(layers[key], key=_provider_order)
+        cs = sorted(layers[key], key=lambda c: c.order)
         model, tokens, rank, dtype, device, layer = key
         t = table(f"{layer} {cs[0].m}x{cs[0].n} · {model} · N={tokens} · r={rank} · {dtype} · {device}",
-                  ["component"] + [case_label(c) for c in cs], ("component",), GRID_CAPTION)
+                  ["component"] + [c.label for c in cs], ("component",), GRID_CAPTION)
         for name in dict.fromkeys(name for c in cs for name in cases[c]):
             t.add_row(name, *(_cell(cases[c].get(name)) for c in cs))
         out.append(t)
@@ -161,7 +150,7 @@ def roofline_table(title: str, rows: list[Row], machine_info: dict) -> Table | N
                                                 "GFLOP/s", "GB/s", "roof", "SOL %"],
               ("layer", "provider", "component", "roof"), ROOFLINE_CAPTION)
     for r, p in roofline.points(rows, peaks):
-        t.add_row(f"{r.case.layer} {r.case.m}x{r.case.n}", case_label(r.case), r.component, f"{p.flops / 1e9:.3f}",
+        t.add_row(f"{r.case.layer} {r.case.m}x{r.case.n}", r.case.label, r.component, f"{p.flops / 1e9:.3f}",
                   f"{p.bytes / 1e6:.2f}", f"{p.intensity:.1f}", f"{p.flops_per_s / 1e9:.1f}",
                   f"{p.bytes_per_s / 1e9:.1f}", p.roof, f"{p.sol * 100:.0f}")
     return t if t.rows else None

@@ -37,7 +37,7 @@ def verdict_table(title: str, checks: list[Check]) -> RichTable:
     for col in ("check", "scope", "metric", "value", "target", "status", "rounds", "detail"):
         t.add_column(col, justify="right" if col in ("value", "rounds") else "left")
     for c in checks:
-        t.add_row(c.check, c.scope, c.metric, value_text(c), c.target,
+        t.add_row(c.check.title, c.scope, c.metric, value_text(c), c.target,
                   f"[{STATUS_STYLE.get(c.status, '')}]{STATUS_WORDS.get(c.status, c.status)}[/]", rounds_text(c),
                   c.detail)
     return t
@@ -79,7 +79,7 @@ def compare_table(findings, show_all: bool) -> RichTable:
     rechecked = any(f.rechecks for f in findings)
     t = RichTable(title="comparison: baseline → candidate" + scope,
                   caption="time in ms (IQR/median of each side in brackets); flops 2·m·n·k; memory bytes; "
-                          "ratio = CE-LoRA/dense of the same run"
+                          "check: a gated check of the suite (case: suite/check/labels; component: its id), its value"
                           + ("; rechecks = the candidate value each time a first-pass time regression was "
                              "measured again" if rechecked else ""), caption_justify="left")
     cols = ("rule", "case", "component", "baseline", "candidate", "Δ %") + (("rechecks",) if rechecked else ())

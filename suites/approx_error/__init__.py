@@ -258,4 +258,5 @@ def run_case(case: Case, ctx: Context) -> list[Row]:
 
 
 SUITE = Suite(NAME=NAME, DESCRIPTION=DESCRIPTION, QUESTION=QUESTION, cases=cases, run_case=run_case,
-              verdict=checks.verdict, plots=render.plots, tables=render.tables, PLOT_CAPTIONS=PLOT_CAPTIONS)
+              verdict=checks.verdict, CHECKS=checks.CHECKS, plots=render.plots, tables=render.tables,
+              PLOT_CAPTIONS=PLOT_CAPTIONS)

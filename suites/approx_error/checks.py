@@ -6,9 +6,17 @@ from collections import defaultdict
 
 from celora_bench.cases import Row
 from celora_bench.models import PROJECTIONS
-from celora_bench.suite import Check
+from celora_bench.suite import Check, CheckId
 from core.config import balanced_rank
 from suites.text_task import RANK
+
+DOUBLE_CHECK = CheckId("double-lora", "double-LoRA reduces G_x error", headline=True)
+SCORE_CHECK = CheckId("score", "product score beats the others")
+STALE_CHECK = CheckId("staleness", "index staleness")
+MODULE_CHECK = CheckId("by-module", "G_x error by module type")
+REACH_CHECK = CheckId("reaching", "error reaching trainable gradients")
+SPECTRUM_CHECK = CheckId("spectrum", "W0 spectrum: why double-LoRA helps where it does")
+CHECKS = (DOUBLE_CHECK, SCORE_CHECK, STALE_CHECK, MODULE_CHECK, REACH_CHECK, SPECTRUM_CHECK)
 
 
 def _mean_err(rows, **match) -> float | None:
@@ -44,7 +52,7 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
         eb = _mean_err(gx, keep_ratio=p, svd_rank=bal, score="product", staleness=0)
         e2 = _mean_err(gx, keep_ratio=p, svd_rank=2 * bal, score="product", staleness=0)
         if e0 is not None and eb is not None:
-            checks.append(Check("1. double-LoRA reduces G_x error", f"p={p:g}, product, fresh index",
+            checks.append(Check(DOUBLE_CHECK, f"p={p:g}, product, fresh index",
                                 "mean rel. error r0=0 → balanced", eb, f"< {e0:.4f} (r0=0)",
                                 "PASS" if eb < e0 else "FAIL",
                                 f"r0=0 {e0:.4f}, r0={bal} {eb:.4f}" + (f", r0={2 * bal} {e2:.4f}" if e2 else "")))
@@ -52,14 +60,14 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
         for score in ("residual_norm", "random"):
             es = _mean_err(gx, keep_ratio=p, svd_rank=bal, score=score, staleness=0)
             if ep is not None and es is not None:
-                checks.append(Check("2. product score beats " + score, f"p={p:g}, r0={bal}, fresh index",
+                checks.append(Check(SCORE_CHECK, f"vs {score}, p={p:g}, r0={bal}, fresh index",
                                     "mean rel. error product", ep, f"< {es:.4f} ({score})",
                                     "PASS" if ep < es else "FAIL"))
         stale = sorted({r.extra["staleness"] for r in gx})
         for s in stale[1:]:
             es = _mean_err(gx, keep_ratio=p, svd_rank=bal, score="product", staleness=s)
             if es is not None and eb:
-                checks.append(Check("3. index staleness", f"p={p:g}, r0={bal}, product",
+                checks.append(Check(STALE_CHECK, f"p={p:g}, r0={bal}, product",
                                     f"mean rel. error after {s} steps", es, "reported", "INFO",
                                     f"{es / eb:.3f}× the fresh index's"))
     by_module = defaultdict(list)
@@ -68,10 +76,10 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
                 and r.extra["staleness"] == 0:
             by_module[r.extra["module"]].append(r.extra["rel_error"])
     for mod, vals in sorted(by_module.items()):
-        checks.append(Check("4. G_x error by module type", f"{mod}, p=0.5, r0={bal}", "mean rel. error",
+        checks.append(Check(MODULE_CHECK, f"{mod}, p=0.5, r0={bal}", "mean rel. error",
                             statistics.fmean(vals), "reported", "INFO", kind="info"))
     for s in spectra(rows):
-        checks.append(Check("6. W0 spectrum: why double-LoRA helps where it does",
+        checks.append(Check(SPECTRUM_CHECK,
                             f"{s['module']}, {s['layers']} blocks", f"energy share in the top {bal}", s["energy_r0"],
                             "reported", "INFO",
                             f"top {2 * bal}: {s['energy_2r0']:.3f}" + (
@@ -88,7 +96,7 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
             for layer, e, _ in vals:
                 by_layer[layer].append(e)
             detail = ", ".join(f"L{k}: {statistics.fmean(v):.3f}" for k, v in sorted(by_layer.items()))
-            checks.append(Check("5. error reaching trainable gradients", f"p={p:g} all projections, r0={bal}",
+            checks.append(Check(REACH_CHECK, f"p={p:g} all projections, r0={bal}",
                                 f"mean rel. error of {which}", statistics.fmean(e for _, e, _ in vals), "reported",
                                 "INFO", f"by layer {detail}; mean cosine "
                                         f"{statistics.fmean(c for _, _, c in vals):.4f}"))

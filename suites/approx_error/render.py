@@ -124,5 +124,5 @@ def tables(rows: list[Row]) -> list[Table]:
     return [t for t in (summary_table(rows), spectra_table(rows)) if t is not None]
 
 
-def plots(rows: list[Row], out_dir: str) -> list[str]:
+def plots(rows: list[Row], out_dir: str, machine: dict | None = None) -> list[str]:
     return plot(rows, out_dir)

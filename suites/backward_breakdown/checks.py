@@ -10,7 +10,7 @@ from dataclasses import replace
 from celora_bench import intervals as I
 from celora_bench import models, roofline
 from celora_bench.cases import Case, Row
-from celora_bench.suite import Check
+from celora_bench.suite import Check, CheckId
 from core.scopes import GRAD_H, GRAD_X_FROZEN, GRAD_X_LORA, SELECTION
 from suites.lines import amdahl_line
 
@@ -26,10 +26,17 @@ TIME_SLACK = 1.15               # CE-LoRA's G_y·W0 time ratio must be <= 1.15·
 # wall-time value and the launch-bound mark beside it; on the CPU, whose ops run synchronously, on
 # wall time. FLOP counts are not measurements: they are one "exact" check per case.
 
-SHARE_CHECK = "1. G_y·W0 share of fwd+bwd"
-COST_CHECK = "2. G_y·W0 cost vs dense"
-AMDAHL_CHECK = "3. layer fwd+bwd speed-up vs Amdahl"
-EXACT_CHECK = "0. FLOPs and k as configured"
+SHARE_CHECK = CheckId("share", "G_y·W0 share of fwd+bwd", headline=True)
+COST_CHECK = CheckId("cost", "G_y·W0 cost vs dense", headline=True, gated="lower")
+AMDAHL_CHECK = CheckId("amdahl", "layer fwd+bwd speed-up vs Amdahl", headline=True, gated="higher")
+# one refresh moved 2.3x between two quick runs here (a whole run's refreshes at once, which its interval
+# cannot show): gated at 10x the rule's threshold (+150% at check:15%), so a 10x slower refresh still shows
+REFRESH_CHECK = CheckId("refresh", "one index refresh / dense G_y·W0", gated="lower", slack=10.0)
+PEFT_CHECK = CheckId("vs-peft", "dense LoRA fwd+bwd / peft's", gated="lower")
+SOL_CHECK = CheckId("sol", "speed of light")
+EXACT_CHECK = CheckId("exact", "FLOPs and k as configured")
+UNPAIRED_CHECK = CheckId("unpaired", "timed checks")       # a file from before rounds: nothing judged
+CHECKS = (SHARE_CHECK, COST_CHECK, AMDAHL_CHECK, REFRESH_CHECK, PEFT_CHECK, SOL_CHECK, EXACT_CHECK, UNPAIRED_CHECK)
 
 # k from the configured p, written here apart from core (core.config.kept): ceil(p·m) rounded up to a
 # multiple a per (device type, bytes per element); a run whose layer kept another k fails.
@@ -172,7 +179,7 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
     idx = _index(rows)
     on = basis(rows)
     if any(r.samples and not r.rounds for r in rows):      # a file from before rounds: nothing to pair
-        return [Check("timed checks", "this results file", "samples without rounds", None, "re-measure", "INFO",
+        return [Check(UNPAIRED_CHECK, "this results file", "samples without rounds", None, "re-measure", "INFO",
                       "written before samples were taken in rounds: its times cannot be paired by round; "
                       "re-measure it to judge them", kind="info")] + [
             e for case in sorted({r.case for r in rows}, key=lambda c: c.id)
@@ -191,10 +198,18 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
         if len(cases_) > 1:
             checks += _labelled(_share_checks(idx, cases_, on, f"whole block ({g[0]}) N={g[1]} r={g[2]}"),
                                 (("model", g[0]), ("layer", "whole block"), ("N", str(g[1])), ("r", str(g[2]))))
+    for case in sorted({r.case for r in rows if r.case.provider == "peft"}, key=lambda c: c.id):
+        base = dense.get((_group(case), case.layer))
+        if base is not None:
+            checks += _labelled(_info_ratio(idx, PEFT_CHECK, (base, "fwd+bwd"), (case, "fwd+bwd"), on,
+                                            f"{case.layer} N={case.tokens} r={case.rank}", "fwd+bwd, dense / peft"),
+                                _labels(base))
     for case in sorted({r.case for r in rows if r.case.provider == "celora"}, key=lambda c: c.id):
         base = dense.get((_group(case), case.layer))
         if base is not None:
             checks += _labelled(_cost_checks(idx, case, base, on), _labels(case))
+            checks += _labelled(_info_ratio(idx, REFRESH_CHECK, (case, SELECTION), (base, GRAD_X_FROZEN), on,
+                                            _cost_scope(case), "refresh / dense G_y·W0 time"), _labels(case))
     peaks = roofline.peaks_in(rows, machine or {})
     if peaks is not None:
         for case in sorted({r.case for r in rows if r.case.provider == "celora"}, key=lambda c: c.id):
@@ -206,9 +221,6 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
         if exact is not None:
             checks.append(exact)
     return checks
-
-
-SOL_CHECK = "4. speed of light"
 
 
 def _sol_checks(idx, case: Case, base: Case, peaks) -> list[Check]:
@@ -291,6 +303,20 @@ def _selection(idx, case: Case, on: str) -> tuple[I.Series, tuple]:
     return I.Series(tuple(t / case.tau for t in s.samples), s.rounds), ((case.id, SELECTION),)
 
 
+def _info_ratio(idx, check: CheckId, num: tuple[Case, str], den: tuple[Case, str], on: str, scope: str,
+                metric: str) -> list[Check]:
+    """INFO with its interval: one timed series over another of the same rounds (what the stored-baseline
+    gate compares between runs: a slower refresh, or a slowdown dense LoRA and CE-LoRA share)."""
+    a, b = idx.get((num[0].id, num[1])), idx.get((den[0].id, den[1]))
+    if not (_timed(a) and _timed(b)):
+        return []
+    iv = I.over_rounds(lambda x, y: x / y, [_series(a, on), _series(b, on)])
+    if iv is None:
+        return []
+    return [Check(check, scope, f"{metric} ({on})", iv.value, "reported", "INFO", "", iv.lo, iv.hi,
+                  kind="info", reads=((a.case.id, a.component), (b.case.id, b.component)), rounds=iv.rounds)]
+
+
 def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:
     """CE-LoRA's G_y·W0 against dense at the configured p, and the layer's speed-up against its Amdahl bound.
 
@@ -353,7 +379,3 @@ def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:
                              + sel_reads, rounds=iv.rounds))
     return out
 
-
-def headline(checks: list[Check]) -> list[Check]:
-    """The rows that answer the question in one look: the whole block's share, cost and speed-up."""
-    return [c for c in checks if c.scope.startswith("whole block")]

@@ -7,10 +7,10 @@ import os
 import numpy as np
 
 from celora_bench.models import layer_order
-from celora_bench.render.figures import layer_groups, plt, save
-from celora_bench.render.tables import case_label
+from celora_bench.render.figures import plt, save
 from core.scopes import GRAD_A, GRAD_B, GRAD_H, GRAD_X_FROZEN, GRAD_X_LORA
 from suites.backward_breakdown.checks import AMDAHL_CHECK, COST_CHECK, TIME_SLACK, verdict
+from suites.layer_bench import ROOFLINE_CAPTION, layer_groups, rooflines
 from suites.lines import amdahl_line
 
 BWD = (GRAD_X_FROZEN, GRAD_H, GRAD_B, GRAD_A, GRAD_X_LORA, "selection.amortized")
@@ -19,6 +19,7 @@ PLOT_CAPTIONS = {
     "speedup-": "the verdict against p per layer: G_y·W0's cost over dense's (check 2, with its line 1.15·p and "
                 "the ideal p) and the layer's speed-up over its Amdahl bound (check 3, the device's line); every "
                 "point is its verdict row's value and 95.5% interval",
+    "roofline-": ROOFLINE_CAPTION,
 }
 
 
@@ -44,7 +45,7 @@ def breakdown(cases: dict, title: str, path: str) -> str:
                 ax.bar(li + (vi - (len(variants) - 1) / 2) * width, h, width * 0.95, bottom=bottom,
                        color=colors[ci], label=comp if vi == 0 and li == 0 else None)
                 bottom += h
-            ax.text(li + (vi - (len(variants) - 1) / 2) * width, bottom, case_label(case).replace("celora ", ""),
+            ax.text(li + (vi - (len(variants) - 1) / 2) * width, bottom, case.label.replace("celora ", ""),
                     rotation=90, fontsize=6, ha="center", va="bottom")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i]) for i in range(len(BWD))]
     ax.legend(handles, BWD, fontsize=8, loc="upper left")
@@ -103,8 +104,9 @@ def speedup(checks: list, title: str, path: str, device: str = "cpu") -> str:
     return save(fig, *os.path.split(path), rect=(0, 0.5 / fig.get_figheight(), 1, 1))   # legend below
 
 
-def plots(rows, out_dir: str) -> list[str]:
-    """Per layer group (model, N, r, dtype, device): the breakdown, and the speed-up where CE-LoRA ran."""
+def plots(rows, out_dir: str, machine: dict | None = None) -> list[str]:
+    """Per layer group (model, N, r, dtype, device): the breakdown, and the speed-up where CE-LoRA ran; then
+    the rooflines."""
     paths = []
     for (model, N, r, dtype, device), cases in sorted(layer_groups(rows).items()):
         tag = f"{model}-N{N}-r{r}-{dtype}-{device}"
@@ -117,4 +119,4 @@ def plots(rows, out_dir: str) -> list[str]:
             if points(checks, COST_CHECK) or points(checks, AMDAHL_CHECK):
                 paths.append(speedup(checks, f"the verdict against p: {title}",
                                      os.path.join(out_dir, f"speedup-{tag}.png"), device))
-    return paths
+    return paths + rooflines(rows, out_dir, machine)

@@ -6,7 +6,7 @@ import statistics
 
 from celora_bench import intervals as I
 from celora_bench.cases import Row
-from celora_bench.suite import Check
+from celora_bench.suite import Check, CheckId
 from suites.convergence import medium
 from suites.text_task import weights_label
 
@@ -14,6 +14,12 @@ ARMS = ("lora", "paper", "all", "no-sample-k", "no-sample-v", "svd0", "tau1", "t
 
 
 TASKS = ("lm", "arith")
+
+PAPER_CHECK = CheckId("paper", "vs LoRA: paper preset", headline=True)
+ABLATION_CHECK = CheckId("ablation", "vs LoRA: ablation")
+ORDER_CHECK = CheckId("order", "arm order")
+KV_CHECK = CheckId("kv", "paper: sampling K or V hurts more")
+CHECKS = (PAPER_CHECK, ABLATION_CHECK, ORDER_CHECK, KV_CHECK) + medium.CHECKS
 
 
 LOSS_TOL = 0.01          # of LoRA's mean final eval loss
@@ -94,15 +100,16 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
                 " (better than LoRA)" if (hi < -tol) != acc else " (worse than LoRA)")
             iv = (f"smoke run ({n} seed{'s' * (n != 1)}): no interval" if lo is None
                   else f"95% interval [{lo:+.4f}, {hi:+.4f}]{side}")
-            checks.append(Check(("1. vs LoRA: paper preset" if arm == "paper" else "2. vs LoRA: ablation")
-                                + f" [{task}]", f"{arm}, {n} seeds, {label}" + (", smoke run" if smoke else ""),
+            checks.append(Check(PAPER_CHECK if arm == "paper" else ABLATION_CHECK,
+                                f"{arm}, {n} seeds, {label}" + (", smoke run" if smoke else ""),
                                 metric, md, f"within ±{tol:.4g} {unit}", status,
                                 f"{iv}; {arm} {m:.4f} ± {s_:.4f}, LoRA {lm:.4f} ± {ls:.4f} (mean ± sd)",
-                                lo=lo, hi=hi, kind="measured"))
+                                lo=lo, hi=hi, kind="measured", labels=(("task", task), ("arm", arm))))
         means = {a: statistics.fmean(v.values()) for a, v in f.items() if v}
         order = " < ".join(f"{a} {means[a]:.4f}" for a in sorted(means, key=means.get, reverse=acc))
-        checks.append(Check(f"3. arm order [{task}]", "all arms" + (", smoke run" if smoke else ""),
-                            "order, best first", None, "reported", "INFO", order, kind="info"))
+        checks.append(Check(ORDER_CHECK, "all arms" + (", smoke run" if smoke else ""),
+                            "order, best first", None, "reported", "INFO", order, kind="info",
+                            labels=(("task", task),)))
         for arm, proj in (("no-sample-k", "K"), ("no-sample-v", "V")):
             if arm in f and "all" in f:
                 md, lo, hi, n = delta(f[arm], f["all"])
@@ -113,14 +120,10 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
                 else:
                     better = (md > 0) if acc else (md < 0)
                     said = "matches the paper's claim" if better else "contradicts the paper's claim"
-                checks.append(Check(f"4. paper: sampling K or V hurts more [{task}]",
+                checks.append(Check(KV_CHECK,
                                     f"No-Sample-{proj} vs all sampled", metric.replace("(", "vs all ("), md,
                                     ("> 0" if acc else "< 0") + " in the paper", "INFO",
                                     said + ("" if lo is None else f"; 95% interval [{lo:+.4f}, {hi:+.4f}]"),
-                                    lo=lo, hi=hi, kind="info"))
+                                    lo=lo, hi=hi, kind="info", labels=(("task", task), ("arm", arm))))
     return checks
 
-
-def headline(checks: list[Check]) -> list[Check]:
-    """The final held-out loss of each arm against LoRA's."""
-    return [c for c in checks if c.check.startswith("1.")]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from celora_bench import distributed
 from celora_bench import intervals as I
 from celora_bench.cases import Row
-from celora_bench.suite import Check
+from celora_bench.suite import Check, CheckId
 from suites.text_task import weights_label
 
 ACC_TOL = 1.0             # accuracy points
@@ -155,6 +155,13 @@ def _moved(rows: list[Row], tol_rel: float) -> tuple[int | None, str]:
     return None, f"LoRA's held-out loss has not left the pretrained model's {base:.4f} by more than the margin"
 
 
+MOVED_CHECK = CheckId("moved", "LoRA moved from the pretrained model")
+EQUIV_PAPER_CHECK = CheckId("equivalent-paper", "equivalent to LoRA: paper preset", headline=True)
+EQUIV_ABLATION_CHECK = CheckId("equivalent-ablation", "equivalent to LoRA: ablation")
+STEP_TIME_CHECK = CheckId("step-time", "step time")
+CHECKS = (MOVED_CHECK, EQUIV_PAPER_CHECK, EQUIV_ABLATION_CHECK, STEP_TIME_CHECK)
+
+
 def verdict(rows: list[Row]) -> list[Check]:
     """Per arm and metric, the equivalence verdict; LoRA's movement from the pretrained model; step times."""
     if not rows:
@@ -167,7 +174,7 @@ def verdict(rows: list[Row]) -> list[Check]:
     start = next((r.extra["values"][0] for r in rows if r.component == "eval_accuracy"), None)
     if acc and start is not None:
         said += f"; LoRA's accuracy {start:.1f}% -> {statistics.fmean(acc.values()):.1f}% (mean over seeds)"
-    checks.append(Check("0. LoRA moved from the pretrained model", f"lora, {len(seeds)} seeds, {label}",
+    checks.append(Check(MOVED_CHECK, f"lora, {len(seeds)} seeds, {label}",
                         "first look below the margin (optimizer step)", step, "reported", "INFO", said, kind="info"))
     for metric, name, higher in METRICS:
         f = _finals(rows, metric)
@@ -183,9 +190,9 @@ def verdict(rows: list[Row]) -> list[Check]:
             seeds = "—" if d.lo is None else str(d.seeds) if d.seeds else f"over {MAX_SEEDS}"
             need = ("" if d.lo is None else f"; at the observed spread (sd of Δ {d.sd:.4f}) "
                     + (f"{d.seeds} seeds decide it" if d.seeds else f"{seeds} seeds (or never) decide it"))
-            what = "1. equivalent to LoRA: paper preset" if arm == "paper" else "2. equivalent to LoRA: ablation"
+            what = EQUIV_PAPER_CHECK if arm == "paper" else EQUIV_ABLATION_CHECK
             checks.append(Check(
-                f"{what} [{metric}]", f"{arm}, {d.n} seeds, {label}", f"Δ {name}, arm - LoRA, paired mean", d.mean,
+                what, f"{arm}, {d.n} seeds, {label}", f"Δ {name}, arm - LoRA, paired mean", d.mean,
                 f"within ±{tol:.4g} {unit} (TOST, {ALPHA:.0%} each side)", d.status,
                 f"{d.word}: {iv}{need}; {arm} {statistics.fmean(f[arm].values()):.4f}, "
                 f"LoRA {statistics.fmean(lora.values()):.4f} (means over seeds)", lo=d.lo, hi=d.hi, kind="measured",
@@ -195,7 +202,7 @@ def verdict(rows: list[Row]) -> list[Check]:
         iv = "" if st["lo"] is None else f" [95% interval {st['lo']:.1f}, {st['hi']:.1f}]"
         sp = ("" if arm == "lora" or st["s_lo"] is None else f"; speed-up vs LoRA {st['speedup']:.3f}x "
               f"[95% interval {st['s_lo']:.3f}, {st['s_hi']:.3f}], paired by seed")
-        checks.append(Check("3. step time", f"{arm}, {st['seeds']} seeds, {label}",
+        checks.append(Check(STEP_TIME_CHECK, f"{arm}, {st['seeds']} seeds, {label}",
                             "ms per training step (median of a run, geometric mean over seeds)", st["ms"],
                             "reported", "INFO",
                             f"{st['ms']:.1f} ms{iv}{sp}", lo=st["lo"], hi=st["hi"], kind="info",

@@ -178,7 +178,7 @@ def tables(rows: list[Row]) -> list[Table]:
     return [summary_table(rows)]
 
 
-def plots(rows: list[Row], out_dir: str) -> list[str]:
+def plots(rows: list[Row], out_dir: str, machine: dict | None = None) -> list[str]:
     if medium.is_medium(rows):
         return medium_plots(rows, out_dir)
     return plot(rows, out_dir)

@@ -94,11 +94,8 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
     return out
 
 
-def headline(checks: list[Check]) -> list[Check]:
-    """The rows that answer the question at a look: each layer and step against its Amdahl bound."""
-    return [c for c in checks if c.check in (layers.AMDAHL_CHECK, steps.STEP_CHECK, steps.SPEEDUP_CHECK)
-            and c.kind == "measured"]
-
 
 SUITE = Suite(NAME=NAME, DESCRIPTION=DESCRIPTION, QUESTION=QUESTION, cases=cases, run_case=run_case,
-              verdict=verdict, headline=headline)
+              verdict=verdict,
+              CHECKS=(layers.AMDAHL_CHECK, steps.STEP_CHECK, steps.SPEEDUP_CHECK, layers.KEPT_CHECK,
+                      attribution.ATTRIBUTION_CHECK, convert.CONVERT_CHECK, layers.KERNELS_CHECK, common.EXACT_CHECK))

@@ -16,11 +16,11 @@ from dataclasses import replace
 from celora_bench import intervals as I
 from celora_bench import timing
 from celora_bench.cases import Case, Row
-from celora_bench.suite import Check, Context
+from celora_bench.suite import Check, CheckId, Context
 from celora_bench.timing import TimeStats
 from suites.gpu_targets import common
 
-ATTRIBUTION_CHECK = "4. attribution: device time / CUDA-event time"
+ATTRIBUTION_CHECK = CheckId("attribution", "attribution: device time / CUDA-event time")
 CROSS_TOLERANCE = 0.03     # |window - (linked + unlinked)| / window, at most
 
 

@@ -16,7 +16,7 @@ from celora_bench import intervals as I
 from celora_bench.cases import Case, Row
 from celora_bench.measure import Target, measure_group
 from celora_bench.rounds import Slot
-from celora_bench.suite import Check
+from celora_bench.suite import Check, CheckId
 from celora_bench.timing import CudaBlocks, TimingBudget, cpu_block
 from suites import factors
 from suites.layer_bench import DTYPES
@@ -174,7 +174,7 @@ def fact(case: Case, name: str, ok: bool, detail: str = "") -> Row:
 
 # ---- checks -------------------------------------------------------------------------
 
-def target_check(check: str, scope: str, metric: str, iv: I.Interval | None, key: str | float, above: bool,
+def target_check(check: CheckId, scope: str, metric: str, iv: I.Interval | None, key: str | float, above: bool,
                  detail: str, reads: tuple = ()) -> Check | None:
     """A timed quantity (its interval between rounds) judged against TARGETS[key] (or the line key itself)."""
     if iv is None:
@@ -186,11 +186,11 @@ def target_check(check: str, scope: str, metric: str, iv: I.Interval | None, key
                  iv.lo, iv.hi, reads=reads, rounds=iv.rounds)
 
 
-def info(check: str, scope: str, metric: str, value, detail: str = "") -> Check:
+def info(check: CheckId, scope: str, metric: str, value, detail: str = "") -> Check:
     return Check(check, scope, metric, value, "reported", "INFO", detail, kind="info")
 
 
-EXACT_CHECK = "0. runs as built"
+EXACT_CHECK = CheckId("runs", "runs as built")
 
 
 def exact(scope: str, metric: str, ok: bool, detail: str = "") -> Check:

@@ -10,14 +10,14 @@ import time
 import core
 from celora_bench import models
 from celora_bench.cases import Case, Row
-from celora_bench.suite import Check, Context
+from celora_bench.suite import Check, CheckId, Context
 from core import selection
 from suites import causal_lm
 from suites.gpu_targets import common
 from suites.layer_bench import DTYPES
 
 BUDGET_S = 10.0          # the whole conversion runs when its estimated SVD seconds are at most this
-CONVERT_CHECK = "5. conversion cost"
+CONVERT_CHECK = CheckId("convert", "conversion cost")
 
 
 def _clock(case: Case, fn, *args, **kw):

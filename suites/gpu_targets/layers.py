@@ -16,7 +16,7 @@ from celora_bench import intervals as I
 from celora_bench import models
 from celora_bench.cases import Case, Row
 from celora_bench.roofline import amdahl_bound
-from celora_bench.suite import Check, Context
+from celora_bench.suite import Check, CheckId, Context
 from core import components as C
 from core import gather
 from core.convert import PAPER_RATIOS
@@ -24,9 +24,9 @@ from suites.gpu_targets import common
 from suites.layer_bench import DTYPES, peft_linear
 from suites.lines import amdahl_line
 
-AMDAHL_CHECK = "1. layer fwd+bwd speed-up / Amdahl bound"
-KEPT_CHECK = "2. kept-column product / dense G_y·W0, units of p_eff"
-KERNELS_CHECK = "kernels (reported)"
+AMDAHL_CHECK = CheckId("layer-amdahl", "layer fwd+bwd speed-up / Amdahl bound", headline=True)
+KEPT_CHECK = CheckId("kept", "kept-column product / dense G_y·W0, units of p_eff")
+KERNELS_CHECK = CheckId("kernels", "kernels (reported)")
 
 
 def ratios(layer: str) -> list[float]:
@@ -56,7 +56,10 @@ def run(case: Case, ctx: Context) -> list[Row]:
         idx, rows = kept.idx, base.weight.index_select(0, kept.idx)   # (m, n) -> (k, n), contiguous
         fns[f"kept.p{p}"] = lambda idx=idx, rows=rows: torch.mm(gather.gather_columns(gy, idx), rows)
         fns[f"kept.p{p}.index_select"] = lambda idx=idx, rows=rows: torch.mm(gy.index_select(1, idx), rows)
-        facts[f"kept.p{p}"] = {"keep_ratio": p, "k": kept.k, "p_eff": kept.k / case.m, "gather": method}
+        facts[f"kept.p{p}"] = {"keep_ratio": p, "k": kept.k, "p_eff": kept.k / case.m, "gather": method,
+                               "kept": "gather"}
+        facts[f"kept.p{p}.index_select"] = {"keep_ratio": p, "k": kept.k, "p_eff": kept.k / case.m,
+                                            "kept": "index_select"}
     return common.timed(case, fns, "layers", ctx.threads, facts)
 
 
@@ -72,11 +75,13 @@ def verdict(case: Case, rows: list[Row]) -> list[Check]:
                        f"dense layer {common.ms(by['layer.dense']):.3f} ms, G_y·W0 "
                        f"{common.ms(by['dense G_y·W0']):.3f} ms; "
                        + ", ".join(f"{k} {iv.value:.2f}x ours dense" for k, iv in peft.items()))]
-    for name, row in sorted(by.items()):
-        if not (name.startswith("layer.p") and row.extra.get("cache_rows")):
+    celora = [r for r in rows if "r0" in r.extra]               # a CE-LoRA layer: its facts say which
+    for row in sorted(celora, key=lambda r: (r.extra["keep_ratio"], r.extra["r0"])):
+        if not row.extra["cache_rows"]:
             continue
-        p, r0, pe = row.extra["keep_ratio"], row.extra["r0"], row.extra["p_eff"]
-        lean = by[f"layer.p{p}.r0={r0}.lean"]
+        name, p, r0, pe = row.component, row.extra["keep_ratio"], row.extra["r0"], row.extra["p_eff"]
+        lean = next(r for r in celora if not r.extra["cache_rows"]
+                    and (r.extra["keep_ratio"], r.extra["r0"]) == (p, r0))
 
         def fraction(d, c, g, pe=pe):                          # speed-up d/c over the Amdahl bound
             return d / c / amdahl_bound(g / d, pe)
@@ -89,12 +94,12 @@ def verdict(case: Case, rows: list[Row]) -> list[Check]:
             f"{amdahl_bound(share.value, pe):.3f}; lean {I.paired_ratio(dense, lean.series).value:.3f}x "
             f"(lean/cached time {I.paired_ratio(lean.series, row.series).value:.3f})",
             reads=((case.id, "layer.dense"), (case.id, name), (case.id, "dense G_y·W0"))))
-    for name, row in sorted(by.items()):
-        if not (name.startswith("kept.") and "p_eff" in row.extra):
-            continue
-        pe = row.extra["p_eff"]
+    for row in [r for r in rows if r.extra.get("kept") == "gather"]:
+        name, pe = row.component, row.extra["p_eff"]
         iv = I.over_rounds(lambda kp, g, pe=pe: kp / g / pe, [row.series, frozen])
-        plain = I.over_rounds(lambda kp, g, pe=pe: kp / g / pe, [by[f"{name}.index_select"].series, frozen])
+        twin = next(r for r in rows if r.extra.get("kept") == "index_select" and r.extra["keep_ratio"]
+                    == row.extra["keep_ratio"])
+        plain = I.over_rounds(lambda kp, g, pe=pe: kp / g / pe, [twin.series, frozen])
         out.append(common.target_check(
             KEPT_CHECK, f"{scope} p={row.extra['keep_ratio']}", f"time / (p_eff · dense) ({common.clock(case)})", iv,
             "kept_over_p", False, f"k={row.extra['k']} p_eff={pe:.4f}; {row.extra['gather']} gather + mm; "
@@ -132,7 +137,7 @@ def run_kernels(case: Case, ctx: Context) -> list[Row]:
             gathers[f"triton{tile}"] = lambda idx=idx, tile=tile: tri.gather_columns(G, idx, tile)
         for name, fn in gathers.items():
             fns[f"p{p} gather {name}"] = fn
-            facts[f"p{p} gather {name}"] = {"keep_ratio": p, "k": k}
+            facts[f"p{p} gather {name}"] = {"keep_ratio": p, "k": k, "method": name}
     return common.timed(case, fns, "layers", ctx.threads, facts)
 
 
@@ -144,8 +149,7 @@ def verdict_kernels(case: Case, rows: list[Row]) -> list[Check]:
     for p in sorted({r.extra["keep_ratio"] for r in rows if "keep_ratio" in r.extra}):
         kept = {r.extra["multiple"]: I.paired_ratio(r.series, by["dense"].series)
                 for r in rows if r.extra.get("keep_ratio") == p and "multiple" in r.extra}
-        gathers = {r.component.split(" gather ", 1)[1]: r for r in rows
-                   if r.extra.get("keep_ratio") == p and " gather " in r.component}
+        gathers = {r.extra["method"]: r for r in rows if r.extra.get("keep_ratio") == p and "method" in r.extra}
         scope = f"{case.layer} {case.m}x{case.n} N={case.tokens} p={p}"
         out.append(common.info(KERNELS_CHECK, scope, "gather + mm / dense G·W, at k up to a multiple of 64",
                                kept[64].value if 64 in kept else None,

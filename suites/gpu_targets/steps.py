@@ -17,14 +17,14 @@ from celora_bench import flops, models
 from celora_bench import intervals as I
 from celora_bench.cases import Case, Row
 from celora_bench.roofline import amdahl_bound
-from celora_bench.suite import Check, Context
+from celora_bench.suite import Check, CheckId, Context
 from core.scopes import GRAD_X_FROZEN
 from suites import causal_lm
 from suites.gpu_targets import common
 from suites.layer_bench import DTYPES
 
-STEP_CHECK = "3. training step speed-up / Amdahl bound"
-SPEEDUP_CHECK = "3. training step speed-up over ours dense"
+STEP_CHECK = CheckId("step-amdahl", "training step speed-up / Amdahl bound", headline=True)
+SPEEDUP_CHECK = CheckId("step-speedup", "training step speed-up over ours dense", headline=True)
 DENSE = "ours dense"
 # provider -> (plan, r0, cache_rows); `all` at p = 0.5 with r0 given: LoRA rank r − floor(r0/7). The first
 # CE-LoRA provider is the headline's: its case runs first.

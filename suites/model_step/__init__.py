@@ -217,5 +217,5 @@ def setup(case: Case) -> Target:
 
 
 SUITE = Suite(NAME=NAME, DESCRIPTION=DESCRIPTION, QUESTION=QUESTION, cases=cases, setup=setup,
-              verdict=checks.verdict, headline=checks.headline, plots=render.plots, tables=render.tables,
+              verdict=checks.verdict, CHECKS=checks.CHECKS, plots=render.plots, tables=render.tables,
               PLOT_CAPTIONS=PLOT_CAPTIONS, DISTRIBUTED=DISTRIBUTED, FSDP=FSDP, JUDGED=JUDGED)

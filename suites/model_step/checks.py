@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from celora_bench import intervals as I
 from celora_bench.cases import Case, Row
-from celora_bench.suite import Check
+from celora_bench.suite import Check, CheckId
 from core.scopes import GRAD_X_FROZEN
 from suites.causal_lm import time_share
 
 PROVIDERS = ("peft", "peft-native", "dense", "celora-paper", "celora-all")
 PREDICTED_FRACTION = 0.9       # measured step speed-up >= 0.9 x the FLOP-predicted one
+
+SHARE_CHECK = CheckId("share", "model-level G_y·W0 share")
+VS_DENSE_CHECK = CheckId("vs-dense", "step speed-up vs ours dense", headline=True)
+VS_PEFT_CHECK = CheckId("vs-peft", "step speed-up vs peft LoRA")
+CHECKS = (SHARE_CHECK, VS_DENSE_CHECK, VS_PEFT_CHECK)
 
 
 def _group(case: Case) -> tuple:
@@ -40,11 +45,11 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
         if dense and (dense, GRAD_X_FROZEN) in by and (dense, "step") in by:
             gx, step = by[(dense, GRAD_X_FROZEN)], by[(dense, "step")]
             f = gx.flops_counted / step.flops_counted
-            checks.append(Check("1. model-level G_y·W0 share", scope, "FLOP share (counted)", f, "reported", "INFO",
+            checks.append(Check(SHARE_CHECK, scope, "FLOP share (counted)", f, "reported", "INFO",
                                 f"analytic {gx.flops_analytic / step.flops_analytic:.3f}", f, f, kind="info"))
             share, basis = time_share(by.get((dense, "step.alloc")))
             if share is not None:
-                checks.append(Check("1. model-level G_y·W0 share", scope, f"time share ({basis}, one step)",
+                checks.append(Check(SHARE_CHECK, scope, f"time share ({basis}, one step)",
                                     share, "reported", "INFO", kind="info"))
         d_s = _step_samples(by, dense) if dense else None
         for prov in ("celora-paper", "celora-all"):
@@ -53,12 +58,12 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
             if not (c_s and d_s):
                 continue
             predicted = by[(dense, "step")].flops_counted / by[(c, "step")].flops_counted
-            checks.append(Check("2. step speed-up vs ours dense", f"{scope} {prov}", "FLOP-predicted",
+            checks.append(Check(VS_DENSE_CHECK, f"{scope} {prov}", "FLOP-predicted",
                                 predicted, "reported", "INFO", kind="info"))
             iv = I.unpaired_ratio(d_s, c_s)
             line = PREDICTED_FRACTION * predicted
             judged = prov == "celora-paper"
-            checks.append(Check("2. step speed-up vs ours dense", f"{scope} {prov}", "measured", iv.value,
+            checks.append(Check(VS_DENSE_CHECK, f"{scope} {prov}", "measured", iv.value,
                                 f">= {PREDICTED_FRACTION} × {predicted:.3f}" if judged else "reported",
                                 iv.judge(line, above=True) if judged else "INFO",
                                 f"{iv.value / predicted:.3f} of predicted", iv.lo, iv.hi,
@@ -75,14 +80,10 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
                     continue
                 iv = I.unpaired_ratio(b_s, c_s)
                 judged = prov == "celora-all" and base_name == "peft"
-                checks.append(Check("3. step speed-up vs peft LoRA", f"{scope} {prov}",
+                checks.append(Check(VS_PEFT_CHECK, f"{scope} {prov}",
                                     "measured" if base_name == "peft" else "measured vs peft-native", iv.value,
                                     "> 1 (whole interval)" if judged else "reported",
                                     iv.judge(1.0, above=True) if judged else "INFO", "", iv.lo, iv.hi,
                                     kind="measured" if judged else "info"))
     return checks
 
-
-def headline(checks: list[Check]) -> list[Check]:
-    """The measured step speed-ups against our dense LoRA."""
-    return [c for c in checks if c.check.startswith("2.") and c.metric.startswith("measured")]

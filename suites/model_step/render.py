@@ -100,5 +100,5 @@ def tables(rows: list[Row]) -> list[Table]:
     return [summary_table(rows)]
 
 
-def plots(rows: list[Row], out_dir: str) -> list[str]:
+def plots(rows: list[Row], out_dir: str, machine: dict | None = None) -> list[str]:
     return step_phases(rows, out_dir)

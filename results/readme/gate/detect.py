@@ -23,7 +23,7 @@ import time
 
 import core
 from celora_bench import cli, results
-from celora_bench.compare import ratios
+from celora_bench.compare import gated
 
 
 @contextlib.contextmanager
@@ -45,10 +45,9 @@ def slowed(m: int, n: int, factor: float):
 
 
 def layer_ratios(path: str, layer: str) -> dict[str, float]:
-    """The layer's CE-LoRA/dense G_y·W0 ratios in one run file."""
-    run = results.load(path)
-    return {k[0]: v[0] for k, v in ratios(run.rows).items()
-            if k[1] == "bwd.grad_x_frozen" and f"/{layer}/" in k[0]}
+    """The layer's G_y·W0 cost checks (CE-LoRA over dense) in one run file."""
+    return {k: g.value for k, g in gated(results.load(path)).items()
+            if g.check == "cost" and dict(g.labels).get("layer") == layer}
 
 
 def trial(kind: str, i: int, args) -> dict:
