@@ -1,5 +1,6 @@
 """The end of `run`: the short answer (celora_bench.render.answer), read from the checks alone."""
 import io
+import os
 
 from rich.console import Console
 
@@ -64,3 +65,40 @@ def test_the_verdict_figure_draws_exactly_the_verdicts_values_and_intervals(tmp_
                 assert table[key] == (v, lo, hi)
                 shown += 1
     assert shown == 32                           # 4 layers x 4 CE-LoRA configurations x checks 2 and 3
+
+
+def test_the_readme_quotes_exactly_what_show_prints():
+    """README's "What the first command prints" block is `show` of the committed run, line for line, so a
+    change to a check, its order or the counts shows up there."""
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    start = readme.index("```\n" + os.path.basename(RUN))
+    quoted = readme[start + 4:readme.index("```", start + 4)].rstrip().splitlines()
+    buf = io.StringIO()
+    answer.render(results.load(RUN), Console(file=buf, width=250, force_terminal=False))     # no wrapping
+    assert [line.rstrip() for line in quoted] == [line.rstrip() for line in buf.getvalue().rstrip().splitlines()]
+
+
+def test_the_breakdown_figure_draws_the_component_grids_medians(tmp_path, monkeypatch):
+    """backward-breakdown's breakdown- figure: every bar it stacks is a median its component grid (`show
+    --detail`, the report) prints for that provider and component, and every grid median of a drawn
+    component is a bar."""
+    import importlib
+    import re
+
+    import matplotlib.axes
+
+    from celora_bench.render.tables import component_grids
+    from suites import layer_bench
+
+    plots = importlib.import_module("suites.backward_breakdown.plots")
+    drawn = []
+    real = matplotlib.axes.Axes.bar
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", lambda self, x, h, *a, **kw: drawn.append(f"{h:.3f}")
+                        or real(self, x, h, *a, **kw))
+    rows = [r for r in results.load(RUN).rows if r.case.suite == "backward-breakdown"]
+    (cases,) = layer_bench.layer_groups(rows).values()
+    plots.breakdown(cases, "t", str(tmp_path / "b.png"))
+    grids = component_grids([r for comps in cases.values() for r in comps.values()])
+    printed = [re.match(r"([\d.]+)\*? ms", cell).group(1) for t in grids for row in t.rows if row[0] in plots.BWD
+               for cell in row[1:] if cell != "—" and " ms" in cell]
+    assert drawn and sorted(drawn) == sorted(printed)

@@ -42,7 +42,7 @@ def test_run_writes_every_component_and_a_verdict(run_file):
     checks = run.verdicts["backward-breakdown"]
     order = [c.id for c in registry.get("backward-breakdown").CHECKS]
     assert [c["check"] for c in checks] == sorted((c["check"] for c in checks), key=order.index)   # as declared
-    assert {c["check"] for c in checks} == {"share", "cost", "amdahl", "refresh", "vs-peft", "sol", "exact"}
+    assert {c["check"] for c in checks} == {"share", "cost", "amdahl", "kept", "refresh", "vs-peft", "sol", "exact"}
     assert all(c["status"] == "INFO" for c in checks if c["kind"] == "info")
     assert all(c["status"] in ("PASS", "FAIL", "NOISE") for c in checks if c["kind"] == "measured")
     timed = [c for c in checks if "time" in c["metric"] or "speed-up" in c["metric"]]

@@ -14,11 +14,11 @@ from suites.gpu_targets import convert
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-STEPS = ["env", "cuda-tests", "smoke", "convert", "layers", "step-1b", "step-8b", "core-forms", "attribution",
-         "kernels", "backward-breakdown", "model-step"]
-SECTION_STEPS = ["smoke", "convert", "layers", "step-1b", "step-8b"]      # the loop over gpu-targets sections
+STEPS = ["env", "cuda-tests", "smoke", "convert", "step-1b", "step-8b", "core-forms", "attribution", "kernels",
+         "backward-breakdown", "model-step"]
+SECTION_STEPS = ["smoke", "convert", "step-1b", "step-8b"]      # the loop over gpu-targets sections
 FILES = {"smoke": "gpu-targets-smoke.json", "convert": "gpu-targets-convert.json",
-         "layers": "gpu-targets-layers.json", "step-1b": "gpu-targets-step-1b.json",
+         "step-1b": "gpu-targets-step-1b.json",
          "step-8b": "gpu-targets-step-8b.json", "core-forms": "core-forms.json",
          "attribution": "gpu-targets-attribution.json", "kernels": "gpu-targets-kernels.json",
          "backward-breakdown": "backward-breakdown-quick.json",
@@ -42,7 +42,7 @@ def test_gpu_check_plan_fits_six_minutes_says_so_first_and_runs_nothing(tmp_path
                          env={**os.environ, **env})
     assert res.returncode == 0, res.stderr
     first = res.stdout.splitlines()[0]
-    assert re.search(r"12 steps in \d+ s at most \(6 minutes: 360 s\)", first), first
+    assert re.search(r"11 steps in \d+ s at most \(6 minutes: 360 s\)", first), first
     limits = _limits(res.stdout)
     assert list(limits) == STEPS
     total = int(re.search(r"= (\d+) s \(must be <= 360 s", res.stdout).group(1))
@@ -63,8 +63,8 @@ def test_gpu_check_runs_sections_that_exist_with_the_suites_convert_budget():
 
 def _stub_bin(tmp_path, fail_on: str = "", rows: bool = True):
     """nvidia-smi and python3 stubs. python3 echoes its arguments, writes a results file with one timed row
-    (none when rows is False) where it is given --out, and exits 1 when its arguments contain fail_on; a
-    python3 script read from standard input (`python3 - ...`) runs in the real one."""
+    (none when rows is False) where it is given --out, and exits 1 when its arguments contain fail_on; the
+    read-back (`python3 scripts/gpu_readback.py ...`) runs in the real one."""
     bin_ = tmp_path / "bin"
     bin_.mkdir()
     (bin_ / "nvidia-smi").write_text("#!/bin/sh\necho 'stub GPU'\n")
@@ -72,7 +72,8 @@ def _stub_bin(tmp_path, fail_on: str = "", rows: bool = True):
     body = f'{{"status": "complete", "rows": [{row}], "verdicts": {{}}, "errors": []}}'
     cond = f'case "$*" in *"{fail_on}"*) exit 1;; esac\n' if fail_on else ""
     (bin_ / "python3").write_text(
-        f'#!/bin/sh\n[ "$1" = "-" ] && exec {sys.executable} "$@"\necho "stub python3 $*"\n{cond}'
+        f'#!/bin/sh\ncase "$1" in scripts/gpu_readback.py) exec {sys.executable} "$@";; esac\n'
+        f'echo "stub python3 $*"\n{cond}'
         'prev=""; for a in "$@"; do [ "$prev" = "--out" ] && echo \'' + body + '\' > "$a"; prev=$a; done\nexit 0\n')
     for f in bin_.iterdir():
         f.chmod(0o755)
@@ -86,7 +87,7 @@ def test_gpu_check_runs_every_step_in_order_and_logs_it(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     log = (out / "gpu_check.log").read_text()
     assert re.findall(r"^=== (\S+) \(", log, re.M) == STEPS
-    assert "run gpu-targets --device cuda -k /layers/ --out" in log
+    assert "run gpu-targets --device cuda -k /step-1b/ --out" in log
     assert "-m pytest -q -p no:cacheprovider tests/test_cuda.py -k autocast_with_fp32 or" in log
     assert "core-forms --quick --device cuda -k /gate_proj/celora/N8192/r16/p0.5/r0=14/product/lean/" in log
     assert "stub GPU" in (out / "env.txt").read_text() and "every step passed and left timed rows" in log
@@ -97,12 +98,12 @@ def test_gpu_check_runs_every_step_in_order_and_logs_it(tmp_path):
 def test_gpu_check_goes_on_after_a_failed_step_and_exits_1(tmp_path):
     out = tmp_path / "gpu"
     res = subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True, timeout=60,
-                         env=_stub_bin(tmp_path, fail_on="-k /layers/"))
+                         env=_stub_bin(tmp_path, fail_on="-k /step-1b/"))
     assert res.returncode == 1
     log = (out / "gpu_check.log").read_text()
-    assert "=== layers: exit 1" in log and "=== model-step: exit 0" in log
-    assert "steps that failed" in log and "layers (exit 1)" in log
-    assert "layers: no results file" in log                   # the stub wrote none before failing
+    assert "=== step-1b: exit 1" in log and "=== model-step: exit 0" in log
+    assert "steps that failed" in log and "step-1b (exit 1)" in log
+    assert "step-1b: no results file" in log                   # the stub wrote none before failing
 
 
 def test_gpu_check_exits_1_when_a_step_leaves_no_timed_rows(tmp_path):
@@ -119,26 +120,26 @@ def test_gpu_check_exits_1_when_a_step_leaves_no_timed_rows(tmp_path):
 def test_gpu_check_lists_undecided_checks_and_fails_on_a_failed_check_or_an_error(tmp_path, bad):
     out = tmp_path / "gpu"
     env = _stub_bin(tmp_path)
-    check = {"check": "2. kept-column product", "scope": "down_proj", "metric": "m", "status": bad}
-    stub = tmp_path / "bin" / "python3"                       # the layers step writes this file instead
-    layers = {"status": "complete", "rows": [{"samples": [0.1]}], "errors": [],
-              "verdicts": {"gpu-targets": [{**check, "status": "PASS"}] + ([check] if bad != "error" else [])}}
+    check = {"check": "kept", "scope": "down_proj", "metric": "m", "status": bad}
+    stub = tmp_path / "bin" / "python3"                       # the backward-breakdown step writes this file instead
+    bb = {"status": "complete", "rows": [{"samples": [0.1]}], "errors": [],
+              "verdicts": {"backward-breakdown": [{**check, "status": "PASS"}] + ([check] if bad != "error" else [])}}
     if bad == "error":
-        layers["errors"] = [{"case_id": "gpu-targets/x/layers", "error": "RuntimeError: boom"}]
-    (tmp_path / "layers.json").write_text(json.dumps(layers))
+        bb["errors"] = [{"case_id": "backward-breakdown/x/down_proj", "error": "RuntimeError: boom"}]
+    (tmp_path / "bb.json").write_text(json.dumps(bb))
     stub.write_text(stub.read_text().replace(
-        "exit 0\n", f'case "$*" in *"-k /layers/"*) cp {tmp_path / "layers.json"} {out}/gpu-targets-layers.json;; '
-                    'esac\nexit 0\n'))
+        "exit 0\n", f'case "$*" in *"run backward-breakdown"*) cp {tmp_path / "bb.json"} '
+                    f'{out}/backward-breakdown-quick.json;; esac\nexit 0\n'))
     res = subprocess.run(["bash", str(SCRIPT), str(out)], capture_output=True, text=True, timeout=60, env=env)
     log = (out / "gpu_check.log").read_text()
     if bad == "NOISE":                                         # listed beside the failed ones, not a failure
         assert res.returncode == 0, log
-        assert "layers: status complete, 1 timed rows, 0 FAIL, 1 undecided" in log
-        assert "  undecided 2. kept-column product | down_proj | m" in log
+        assert "backward-breakdown: status complete, 1 timed rows, 0 FAIL, 1 undecided" in log
+        assert "  undecided kept | down_proj | m" in log
         return
     assert res.returncode == 1, res.stdout + res.stderr
-    assert ("FAIL 2. kept-column product | down_proj" if bad == "FAIL" else "RuntimeError: boom") in log
-    assert "FAILED: layers (a FAIL or an error)" in log
+    assert ("FAIL kept | down_proj" if bad == "FAIL" else "RuntimeError: boom") in log
+    assert "FAILED: backward-breakdown (a FAIL or an error)" in log
 
 
 def test_gpu_check_dry_run_runs_every_step_on_the_cpu_and_each_leaves_timed_rows(tmp_path):
@@ -149,7 +150,7 @@ def test_gpu_check_dry_run_runs_every_step_on_the_cpu_and_each_leaves_timed_rows
     res = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(out)], capture_output=True, text=True, timeout=400)
     log = (out / "gpu_check.log").read_text()
     assert res.returncode == 0, log[-6000:]
-    assert res.stdout.splitlines()[0].startswith("gpu_check plan (DRY RUN: on the CPU at tiny sizes): 12 steps")
+    assert res.stdout.splitlines()[0].startswith("gpu_check plan (DRY RUN: on the CPU at tiny sizes): 11 steps")
     assert _limits(res.stdout) == _limits(plan.stdout)         # the same plan
     assert re.findall(r"^=== (\S+) \(", log, re.M) == STEPS
     assert "--device cuda" not in log and "--device cpu" in log

@@ -5,17 +5,16 @@ import time
 
 import pytest
 
-from celora_bench import registry, runner
+from celora_bench import models, registry, runner
 from celora_bench.suite import Options
-from suites import gpu_targets, lines
-from suites.gpu_targets import attribution, common, layers, steps
+from suites import gpu_targets
+from suites.gpu_targets import attribution, common, steps
 
-SECTIONS = ["smoke", "convert", "layers", "step-1b", "step-8b", "attribution", "kernels"]
+SECTIONS = ["smoke", "convert", "step-1b", "step-8b", "attribution", "kernels"]
 # every timed target met by any measurement (tiny CPU rounds can even give a negative bound): the exact checks
 # alone decide PASS/FAIL
 LOW, HIGH = float("-inf"), float("inf")
-PASSING = {"kept_over_p": HIGH, "step_amdahl": LOW, "step_speedup": LOW, "attribution": LOW, "attribution_max": HIGH}
-ANY_LAYER = {"cpu": (LOW, LOW), "cuda": (LOW, LOW)}           # suites.lines: every layer meets its Amdahl line
+PASSING = {"step_amdahl": LOW, "step_speedup": LOW, "attribution": LOW, "attribution_max": HIGH}
 
 
 def _run(path, filt=None, sections=None):
@@ -30,7 +29,6 @@ def _run(path, filt=None, sections=None):
 def _verdict(rows, targets=None):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(common, "TARGETS", {**PASSING, **(targets or {})})
-        mp.setattr(lines, "AMDAHL", ANY_LAYER)
         return registry.get("gpu-targets").verdict(rows)
 
 
@@ -49,10 +47,10 @@ def test_cases_take_gpu_sizes_on_cuda_and_tiny_ones_on_the_cpu():
     assert [c.provider for c in gpu] == [c.provider for c in cpu]
     assert list(dict.fromkeys(c.provider for c in cpu)) == SECTIONS == list(gpu_targets.SECTIONS)
     assert {c.param("sizes") for c in gpu} == {"gpu"} and {c.param("sizes") for c in cpu} == {"tiny"}
-    layers = [c for c in gpu if c.provider == "layers"]
-    # largest first: gate/up and down (the shapes the Amdahl claim rests on) before q/o and k/v
-    assert [c.layer for c in layers] == ["gate_proj+up_proj", "down_proj", "q_proj+o_proj", "k_proj+v_proj"]
-    assert (layers[1].model, layers[1].m, layers[1].n, layers[1].tokens) == ("llama-3.1-8b", 4096, 14336, 8192)
+    kernels = [c for c in gpu if c.provider == "kernels"]
+    # largest first, so a cut keeps gate/up and down
+    assert [c.layer for c in kernels] == ["gate_proj+up_proj", "down_proj", "q_proj+o_proj", "k_proj+v_proj"]
+    assert (kernels[1].model, kernels[1].m, kernels[1].n, kernels[1].tokens) == ("llama-3.1-8b", 4096, 14336, 8192)
     steps = [c for c in gpu if c.provider == "step-1b"]       # one case per CE-LoRA provider, the headline first
     assert [c.param("versus") for c in steps] == ["all r0=0 cached", "all r0=14 lean"]
     for section in SECTIONS:                                   # gpu_check.sh's -k /NAME/ picks one section
@@ -72,14 +70,25 @@ def test_every_section_runs_on_the_cpu_and_its_checks_pass_when_every_target_is_
     assert sum(c.kind == "exact" for c in checks) == 2 + 4 + 2 + 2
 
 
-def test_every_layer_shape_judges_amdahl_and_the_kept_column_product(full):
-    checks = [c for c in _verdict(full.rows) if c.status != "INFO"]
-    for label in ("q_proj+o_proj", "k_proj+v_proj", "gate_proj+up_proj", "down_proj"):
-        mine = [c for c in checks if c.scope.startswith(label + " ")]
-        # p = 0.5 and the paper's ratio, r0 = 0 and 14: four bounds and two kept products per shape
-        assert sum(c.check is layers.AMDAHL_CHECK for c in mine) == 4 and sum(c.check is layers.KEPT_CHECK
-                                                                           for c in mine) == 2
-        assert all(c.lo is not None and c.rounds == 3 for c in mine)   # intervals between the suite's rounds
+def test_the_layer_figures_are_backward_breakdowns_cuda_cases():
+    """The GPU targets of one layer (speed-up against its Amdahl bound, the kept-column product against its
+    line) are judged once, by backward-breakdown on CUDA: its quick cases hold what this suite's layers
+    section measured (the 8B shapes largest first, N = 8192, p = 0.5 and the paper's ratio at r0 = 0 and 14,
+    cached rows at p = 0.5), and this suite no longer times a layer."""
+    from suites import backward_breakdown
+    bb = backward_breakdown.cases(Options(device="cuda", dtype="bfloat16"))
+    assert list(dict.fromkeys(c.layer for c in bb)) == ["gate_proj+up_proj", "down_proj", "q_proj+o_proj",
+                                                        "k_proj+v_proj"]
+    assert {(c.model, c.tokens, c.rank) for c in bb} == {("llama-3.1-8b", 8192, 16)}
+    for layer in ("gate_proj+up_proj", "down_proj", "q_proj+o_proj", "k_proj+v_proj"):
+        got = {(c.provider, c.keep_ratio, c.svd_rank, c.cache_rows) for c in bb if c.layer == layer}
+        ps = {0.5} | {backward_breakdown.PAPER_RATIOS[p] for p in models.projections_of(layer)
+                      if p in backward_breakdown.PAPER_RATIOS}
+        assert len(ps) == 2           # each shape's projections share one paper ratio
+        assert {("dense", 1.0, 0, False), ("peft", 1.0, 0, False), ("celora", 0.5, 0, True)} <= got
+        assert {("celora", p, r0, False) for p in ps for r0 in (0, 14)} <= got
+    assert "layers" not in gpu_targets.SECTIONS and not any(c.id in ("kept", "layer-amdahl")
+                                                            for c in registry.get("gpu-targets").CHECKS)
 
 
 def test_steps_bound_from_the_profiled_share(full):
@@ -99,9 +108,6 @@ def test_convert_reuses_its_svd_cache(full):
 
 
 def test_a_target_missed_fails_and_only_its_checks(full):
-    checks = _verdict(full.rows, {"kept_over_p": 0.0})
-    failed = [c for c in checks if c.status == "FAIL"]
-    assert len(failed) == 8 and all(c.check is layers.KEPT_CHECK for c in failed)   # 4 shapes x 2 ratios
     failed = [c for c in _verdict(full.rows, {"attribution": 1e9}) if c.status == "FAIL"]
     assert len(failed) == 2 and all(c.check is attribution.ATTRIBUTION_CHECK for c in failed)
     # two-sided: a count above the events fails too (kernels on one stream cannot outlast them)

@@ -63,7 +63,7 @@ def _celora_rows(case, comp, whole, sel=None, flops=None, k=None, grad_h=0.01, s
     w = -(-(r + r0) // 16) * 16 if r0 else r                     # the fused [s·B | C] padded to 16 columns
     gh = 2 * N * case.m * w
     f = (flops if flops is not None
-         else bb.checks.expected_frozen_flops(N, case.m, N_, k, r, r0) - 2 * N * case.m * (w - r))
+         else bb.rules.expected_frozen_flops(N, case.m, N_, k, r, r0) - 2 * N * case.m * (w - r))
     rows = [_row(case, "bwd.grad_x_frozen", comp, f, spread, phase=2, k=k, k_multiple=1, r0=r0),
             _row(case, "fwd+bwd", whole, None, spread, phase=2), _row(case, "bwd.grad_h", grad_h, gh)]
     if sel is not None:
@@ -147,10 +147,10 @@ def test_the_configured_p_is_judged_not_the_k_the_layer_ran():
 
 
 def test_k_rule_is_written_apart_from_core():
-    assert bb.checks.k_rule(_case("celora", p=0.55, m=1000))[0] == 550
-    assert bb.checks.k_rule(_case("celora", p=0.55, m=1000, device="cuda", dtype="bfloat16")) == (576, 64)
-    assert bb.checks.k_rule(_case("celora", p=0.55, m=1000, device="cuda:1", dtype="float32")) == (560, 16)
-    assert bb.checks.k_rule(_case("celora", p=0.99, m=1000, device="cuda", dtype="bfloat16")) == (1000, 64)
+    assert bb.rules.k_rule(_case("celora", p=0.55, m=1000))[0] == 550
+    assert bb.rules.k_rule(_case("celora", p=0.55, m=1000, device="cuda", dtype="bfloat16")) == (576, 64)
+    assert bb.rules.k_rule(_case("celora", p=0.55, m=1000, device="cuda:1", dtype="float32")) == (560, 16)
+    assert bb.rules.k_rule(_case("celora", p=0.99, m=1000, device="cuda", dtype="bfloat16")) == (1000, 64)
 
 
 def test_every_case_gets_one_exact_check_and_counts_keep_them_apart():
@@ -212,3 +212,16 @@ def test_model_step_pairs_predicted_and_measured_speed_ups():
     assert by[("vs-peft", "celora-all", "measured")].status == "PASS"
     share = [c for c in checks if c.metric.startswith("FLOP share")][0]
     assert share.value == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("device,gather_s,status", [("cuda", 0.2, "PASS"), ("cuda", 0.3, "FAIL"),
+                                                    ("cpu", 0.3, "INFO")])
+def test_the_kept_column_product_is_judged_on_the_devices_line(device, gather_s, status):
+    """(gather + product) / dense G_y·W0 / p_eff, paired by round: at most 1.25 on CUDA (suites.lines, the GPU
+    target), reported on the CPU. (0.2 + 0.4) / 1.0 / 0.5 = 1.2; (0.3 + 0.4) / 1.0 / 0.5 = 1.4."""
+    d, c = _case(device=device), _case("celora", p=0.5, device=device)
+    rows = _dense_rows(d) + [_row(c, "detail.gather", gather_s), _row(c, "detail.kept_product", 0.4)]
+    (k,) = [x for x in bb.checks.verdict(rows) if x.check is bb.checks.KEPT_CHECK]
+    assert k.value == pytest.approx((gather_s + 0.4) / 0.5) and k.status == status
+    assert k.kind == ("info" if device == "cpu" else "measured") and k.lo is not None
+    assert (c.id, "detail.gather") in k.reads and (d.id, "bwd.grad_x_frozen") in k.reads

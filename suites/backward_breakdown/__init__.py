@@ -69,19 +69,21 @@ def _every(providers: list[dict]):
     return lambda layer: providers
 
 
-def _paper_providers(rank: int, ps=(0.25, 0.5)):
-    """p in ps plus the paper's ratio for the layers that have one, each with r0 = 0 and balanced."""
+def _paper_providers(rank: int, ps=(0.25, 0.5), cached_at=()):
+    """p in ps plus the paper's ratio for the layers that have one, each with r0 = 0 and balanced; cached rows
+    at the p in cached_at (r0 = 0)."""
     def providers(layer: str) -> list[dict]:
         paper = tuple(PAPER_RATIOS[p] for p in models.projections_of(layer) if p in PAPER_RATIOS)
-        return _providers(rank, tuple(dict.fromkeys(ps + paper)), (0, balanced_rank(rank)))
+        return _providers(rank, tuple(dict.fromkeys(ps + paper)), (0, balanced_rank(rank)), cached_at)
     return providers
 
 
 def _cuda_grid(opts: Options) -> list:
     """Full: Llama-3.1-8B and Llama-3.2-1B projections at 4×2048 tokens (r=16), plus other N and r. Quick (sized
-    to scripts/gpu_check.sh's step): the 8B shapes at p = 0.5 and each shape's paper ratio, r0 = 0 and 14."""
+    to scripts/gpu_check.sh's step, the GPU targets' layers): the 8B shapes at p = 0.5 and each shape's paper
+    ratio, r0 = 0 and 14, lean, and cached rows at p = 0.5."""
     if opts.mode != "full":
-        return [(models.get(opts.model or "llama-3.1-8b"), 8192, 16, _paper_providers(16, (0.5,)))]
+        return [(models.get(opts.model or "llama-3.1-8b"), 8192, 16, _paper_providers(16, (0.5,), (0.5,)))]
     names = [opts.model] if opts.model else ["llama-3.1-8b", "llama-3.2-1b"]
     grid = [(models.get(name), 8192, 16, _paper_providers(16)) for name in names]
     if opts.mode == "full":
@@ -106,6 +108,7 @@ def _reference_cases(opts: Options) -> list[Case]:
 setup = layer_bench.setup
 WORKERS = True          # each case is one layer: cheap to set up again in every worker process
 JUDGED = ("fwd+bwd", GRAD_X_FROZEN, GRAD_H, SELECTION, GRAD_X_LORA,   # read by the verdict
+          "detail.gather", "detail.kept_product",     # the kept-column product's halves (its own check)
           "roof.gemm", "roof.stream")                 # the roofs, best of every round (roofline.peaks_in)
 GATED = (GRAD_X_FROZEN, "fwd+bwd", GRAD_H, SELECTION)    # gate --against: timed, candidate/base
 SOL_SHOWN = (GRAD_X_FROZEN, "detail.gather", "detail.kept_product")   # speed of light without --detail

@@ -2,7 +2,6 @@
 bound, FLOPs and k exactly as configured, and speed-of-light context rows."""
 from __future__ import annotations
 
-import math
 import statistics
 from collections import defaultdict
 from dataclasses import replace
@@ -12,7 +11,8 @@ from celora_bench import models, roofline
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Check, CheckId
 from core.scopes import GRAD_H, GRAD_X_FROZEN, GRAD_X_LORA, SELECTION
-from suites.lines import amdahl_line
+from suites.backward_breakdown.rules import expected_frozen_flops, k_rule
+from suites.lines import amdahl_line, kept_line
 
 SHARE_RANGE = (0.40, 0.55)      # the paper's "~50%"
 TIME_SLACK = 1.15               # CE-LoRA's G_y·W0 time ratio must be <= 1.15·p (+ selection)
@@ -29,6 +29,7 @@ TIME_SLACK = 1.15               # CE-LoRA's G_y·W0 time ratio must be <= 1.15·
 SHARE_CHECK = CheckId("share", "G_y·W0 share of fwd+bwd", headline=True)
 COST_CHECK = CheckId("cost", "G_y·W0 cost vs dense", headline=True, gated="lower")
 AMDAHL_CHECK = CheckId("amdahl", "layer fwd+bwd speed-up vs Amdahl", headline=True, gated="higher")
+KEPT_CHECK = CheckId("kept", "kept-column product / (p_eff · dense G_y·W0)")
 # one refresh moved 2.3x between two quick runs here (a whole run's refreshes at once, which its interval
 # cannot show): gated at 10x the rule's threshold (+150% at check:15%), so a 10x slower refresh still shows
 REFRESH_CHECK = CheckId("refresh", "one index refresh / dense G_y·W0", gated="lower", slack=10.0)
@@ -36,47 +37,8 @@ PEFT_CHECK = CheckId("vs-peft", "dense LoRA fwd+bwd / peft's", gated="lower")
 SOL_CHECK = CheckId("sol", "speed of light")
 EXACT_CHECK = CheckId("exact", "FLOPs and k as configured")
 UNPAIRED_CHECK = CheckId("unpaired", "timed checks")       # a file from before rounds: nothing judged
-CHECKS = (SHARE_CHECK, COST_CHECK, AMDAHL_CHECK, REFRESH_CHECK, PEFT_CHECK, SOL_CHECK, EXACT_CHECK, UNPAIRED_CHECK)
-
-# k from the configured p, written here apart from core (core.config.kept): ceil(p·m) rounded up to a
-# multiple a per (device type, bytes per element); a run whose layer kept another k fails.
-K_MULTIPLES = {("cuda", 2): 64, ("cuda", 4): 16, ("cuda", 8): 16}      # anything else: 1
-ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
-SKINNY_MULTIPLE = 16    # the skinny operand [s·B | 0 | C | 0] is padded to a multiple of 16 columns (core.components)
-ALIGN = 8               # and each block of the fused operands starts at a multiple of 8 elements
-
-
-def k_rule(case: Case) -> tuple[int, int]:
-    """(k, a): the kept features the configured p asks for on the case's device and dtype, and the multiple."""
-    a = K_MULTIPLES.get((case.device.split(":")[0], ITEMSIZE.get(case.dtype, 4)), 1)
-    k = min(case.m, max(1, math.ceil(case.keep_ratio * case.m - 1e-9)))
-    return min(case.m, -(-k // a) * a), a
-
-
-def _up(x: int, a: int) -> int:
-    return -(-x // a) * a
-
-
-def expected_frozen_flops(N: int, m: int, n: int, k: int, r: int, r0: int, form: str = "split", a: int = 1) -> int:
-    """FLOPs of CE-LoRA's G_y·W0 by its definition (the brief) and the layout core documents, written apart
-    from core/flops.py, counted as the verdict charges it against dense (dense's own G_h·B and G_h·A
-    taken out):
-
-    split: the kept-column product G_y[:, I]·rows (2Nkn), the double-LoRA's T·A0 (2N·r0·n), and what
-      reading G_y against C adds to the G_y·B product it shares a pass with: the skinny operand
-      [s·B | 0 | C | 0] is w = (r up to 8) + r0, up to 16, columns wide, 2N·m·(w − r);
-    fused: one GEMM over the inner width K = w + k up to lcm(8, a) (w = r up to 8 without C), which
-      includes G_h·A (2N·r·n, dense's grad_x_lora), and the same 2N·m·(w − r).
-    k == m is the dense product 2Nmn."""
-    if k >= m:
-        return 2 * N * m * n
-    w = _up(_up(r, ALIGN) + r0, SKINNY_MULTIPLE) if r0 else (_up(r, ALIGN) if form == "fused" else r)
-    extra = 2 * N * m * (w - r)
-    if form == "fused":
-        K = _up(w + k, math.lcm(ALIGN, a))
-        return 2 * N * K * n - 2 * N * r * n + extra
-    return 2 * N * (k * n + r0 * n) + extra
-
+CHECKS = (SHARE_CHECK, COST_CHECK, AMDAHL_CHECK, KEPT_CHECK, REFRESH_CHECK, PEFT_CHECK, SOL_CHECK, EXACT_CHECK,
+          UNPAIRED_CHECK)
 
 def _group(case: Case) -> tuple:
     return (case.model, case.tokens, case.rank, case.dtype, case.device)
@@ -208,6 +170,7 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
         base = dense.get((_group(case), case.layer))
         if base is not None:
             checks += _labelled(_cost_checks(idx, case, base, on), _labels(case))
+            checks += _labelled(_kept_check(idx, case, base, on), _labels(case))
             checks += _labelled(_info_ratio(idx, REFRESH_CHECK, (case, SELECTION), (base, GRAD_X_FROZEN), on,
                                             _cost_scope(case), "refresh / dense G_y·W0 time"), _labels(case))
     peaks = roofline.peaks_in(rows, machine or {})
@@ -315,6 +278,31 @@ def _info_ratio(idx, check: CheckId, num: tuple[Case, str], den: tuple[Case, str
         return []
     return [Check(check, scope, f"{metric} ({on})", iv.value, "reported", "INFO", "", iv.lo, iv.hi,
                   kind="info", reads=((a.case.id, a.component), (b.case.id, b.component)), rounds=iv.rounds)]
+
+
+def _kept_check(idx, case: Case, base: Case, on: str) -> list[Check]:
+    """The kept-column product alone, its two halves (the G_y column gather and the GEMM over the kept rows,
+    timed apart in the same rounds) over dense G_y·W0, in units of p_eff: judged on the device's line where
+    it has one (CUDA), reported on the CPU."""
+    parts = [idx.get((case.id, "detail.gather")), idx.get((case.id, "detail.kept_product"))]
+    d_row = idx.get((base.id, GRAD_X_FROZEN))
+    if not all(_timed(r) for r in parts + [d_row]):
+        return []
+    k, _ = k_rule(case)
+    p = k / case.m
+    iv = I.over_rounds(lambda g, kp, d: (g + kp) / d / p, [_series(r, on) for r in parts + [d_row]])
+    if iv is None:
+        return []
+    line = kept_line(case.device)
+    status = "INFO" if line is None else iv.judge(line, above=False)
+    how = idx[(case.id, GRAD_X_FROZEN)].extra.get("gather") if (case.id, GRAD_X_FROZEN) in idx else None
+    return [Check(KEPT_CHECK, _cost_scope(case), f"time / (p_eff · dense) ({on})", iv.value,
+                  "reported" if line is None else f"<= {line:.2f}", status,
+                  f"k={k} p_eff={p:.4f}, {how or 'gather'} + mm" + _launch(*parts, d_row)
+                  + (_why(iv, status, line) if line is not None else ""), iv.lo, iv.hi,
+                  kind="info" if line is None else "measured",
+                  reads=((case.id, "detail.gather"), (case.id, "detail.kept_product"), (base.id, GRAD_X_FROZEN)),
+                  rounds=iv.rounds)]
 
 
 def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:

@@ -1,5 +1,5 @@
-"""backward-breakdown's plots: the backward components per layer, stacked, and the verdict's checks 2 and 3
-against p (drawn from the checks themselves, so each point is its table row's value and interval)."""
+"""backward-breakdown's plots: the backward components per layer, stacked, and the verdict's cost and Amdahl
+checks against p (drawn from the checks themselves, so each point is its table row's value and interval)."""
 from __future__ import annotations
 
 import os
@@ -16,9 +16,9 @@ from suites.lines import amdahl_line
 BWD = (GRAD_X_FROZEN, GRAD_H, GRAD_B, GRAD_A, GRAD_X_LORA, "selection.amortized")
 PLOT_CAPTIONS = {
     "breakdown-": "backward components per layer, stacked (median ms): dense vs CE-LoRA at each p",
-    "speedup-": "the verdict against p per layer: G_y·W0's cost over dense's (check 2, with its line 1.15·p and "
-                "the ideal p) and the layer's speed-up over its Amdahl bound (check 3, the device's line); every "
-                "point is its verdict row's value and 95.5% interval",
+    "speedup-": "the verdict against p per layer: G_y·W0's cost over dense's (the cost check, with its line 1.15·p "
+                "and the ideal p) and the layer's speed-up over its Amdahl bound (the Amdahl check, the device's "
+                "line); every point is its verdict row's value and 95.5% interval",
     "roofline-": ROOFLINE_CAPTION,
 }
 

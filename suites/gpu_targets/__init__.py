@@ -6,21 +6,23 @@ Sections (the case's provider; `-k /NAME/` runs one):
   smoke        the Triton bf16 gather equals index_select; one CE-LoRA layer fwd+bwd runs on it (smoke.py)
   convert      seconds of one exact SVD per 1B shape (its own case, first), then the whole `all` conversion,
                one SVD per W0, none again from svd_cache (convert.py)
-  layers       per Llama-3.1-8B projection shape, largest first: layer speed-up against its Amdahl bound, the
-               kept-column product against the dense G_y·W0 (layers.py)
   step-1b      one AdamW step at Llama-3.2-1B shapes against the bound from a profiled step's G_y·W0 share,
                and against ours dense; one case per CE-LoRA provider
   step-8b      the same at Llama-3.1-8B shapes, 8 of 32 decoder layers (steps.py)
   attribution  counted device time against CUDA-event time of one 8B layer fwd+bwd, both ways; the
                device-side count against the host-linked one (attribution.py)
-  kernels      the kept-column product per k multiple, the gathers per Triton tile; reported (layers.py)
+  kernels      the kept-column product per k multiple, the gathers per Triton tile; reported (kernels.py)
+
+Each layer's own GPU figures (speed-up against its Amdahl bound, the kept-column product against its line) are
+backward-breakdown's CUDA cases (`celora-bench run backward-breakdown --quick --device cuda`: the 8B shapes),
+judged on the per-device lines of suites/lines.py: one verdict per layer.
 
 On CUDA the sections take GPU sizes (common.SIZES["gpu"]); on the CPU, tiny ones ("tiny", in each case's
 params): every section's logic in seconds, its timed figures saying nothing about a GPU. Quick and full are the
 same sweep; the rounds are the suite's own (common.BUDGETS), fixed so a time limit can be sized from them.
 
     celora-bench run gpu-targets --device cuda                       # every section
-    celora-bench run gpu-targets --device cuda -k /layers/           # one section
+    celora-bench run gpu-targets --device cuda -k /step-1b/          # one section
     celora-bench run gpu-targets --device cpu                        # tiny sizes: the logic on the CPU
 """
 from __future__ import annotations
@@ -28,24 +30,22 @@ from __future__ import annotations
 from celora_bench import models
 from celora_bench.cases import Case, Row
 from celora_bench.suite import Check, Context, Options, Suite
-from suites.gpu_targets import attribution, common, convert, layers, smoke, steps
+from suites.gpu_targets import attribution, common, convert, kernels, smoke, steps
 
 NAME = "gpu-targets"
-DESCRIPTION = "GPU targets: layer and step speed-up vs Amdahl, kept-column product, attribution, Triton, SVD cost"
-QUESTION = ("On a GPU, does CE-LoRA reach its Amdahl bound per layer (0.90 at r0 = 0, 0.85 at r0 = 14) and per "
-            "training step (0.8 of the bound from a profiled step's G_y·W0 share, and faster than dense), with the "
-            "kept-column product at most 1.25·p of dense, a device-time count that sees the backward and counts "
-            "nothing twice, and the Triton gather exact?")
+DESCRIPTION = "GPU targets: training-step speed-up vs Amdahl, attribution, Triton gather, kernels, SVD cost"
+QUESTION = ("On a GPU, does a CE-LoRA training step reach 0.8 of the Amdahl bound from a profiled step's G_y·W0 "
+            "share and beat dense, with a device-time count that sees the backward and counts nothing twice, and "
+            "the Triton gather exact? (Each layer's bound and kept-column line: backward-breakdown on CUDA.)")
 
 # section -> (run_case, verdict over that case's rows)
 SECTIONS = {
     "smoke": (smoke.run, smoke.verdict),
     "convert": (convert.run, convert.verdict),
-    "layers": (layers.run, layers.verdict),
     "step-1b": (steps.run, steps.verdict),
     "step-8b": (steps.run, steps.verdict),
     "attribution": (attribution.run, attribution.verdict),
-    "kernels": (layers.run_kernels, layers.verdict_kernels),
+    "kernels": (kernels.run, kernels.verdict),
 }
 
 
@@ -58,11 +58,10 @@ def cases(opts: Options) -> list[Case]:
     def case(section, model, layer, m=0, n=0, tokens=sz.tokens, **params):
         return Case(NAME, section, model, layer, m, n, tokens, common.R, dtype=opts.dtype, device=opts.device,
                     params=tuple(sorted({"sizes": which, **params}.items())))
-    # largest shapes first (gate/up, down: the Amdahl claim rests on them), so a cut keeps them
+    # largest shapes first, so a cut keeps them
     shapes = sorted(layer_model.distinct_shapes().items(), key=lambda kv: -kv[1][0] * kv[1][1])
     out = [case("smoke", sz.layer_model, "up_proj", *up)]
     out += [case("convert", sz.convert_model, "model", tokens=0, part=part) for part in ("svd", "whole")]
-    out += [case("layers", sz.layer_model, label, m, n) for label, (m, n) in shapes]
     for section in ("step-1b", "step-8b"):
         model, decoder_layers, batch, seq = sz.steps[section]
         out += [case(section, model, "model", tokens=batch * seq, batch=batch, seq=seq,
@@ -97,5 +96,5 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
 
 SUITE = Suite(NAME=NAME, DESCRIPTION=DESCRIPTION, QUESTION=QUESTION, cases=cases, run_case=run_case,
               verdict=verdict,
-              CHECKS=(layers.AMDAHL_CHECK, steps.STEP_CHECK, steps.SPEEDUP_CHECK, layers.KEPT_CHECK,
-                      attribution.ATTRIBUTION_CHECK, convert.CONVERT_CHECK, layers.KERNELS_CHECK, common.EXACT_CHECK))
+              CHECKS=(steps.STEP_CHECK, steps.SPEEDUP_CHECK, attribution.ATTRIBUTION_CHECK, convert.CONVERT_CHECK,
+                      kernels.KERNELS_CHECK, common.EXACT_CHECK))

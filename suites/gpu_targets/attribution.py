@@ -33,7 +33,7 @@ def run(case: Case, ctx: Context) -> list[Row]:
         fn()
     forward = {f"fwd+bwd {k}": {"forward_kernel_s": TimeStats(timing.kernel_samples(
         lambda mod=mod: mod(x), case.device, reps=3)).median} for k, mod in mods.items()}
-    rows = common.timed(case, fns, "layers", ctx.threads, forward)
+    rows = common.timed(case, fns, "layer", ctx.threads, forward)
     if not common.cuda(case):                                  # the sampler profiles on CUDA only
         rows = [replace(r, extra={**r.extra, "kernel_samples": timing.kernel_times([fns[r.component]] * len(
             r.samples), case.device)}) for r in rows]        # taken after the rounds: no rounds of their own

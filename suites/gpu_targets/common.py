@@ -25,8 +25,7 @@ R, ALPHA, R0 = 16, 32.0, 14
 ALL_P = 0.5
 
 TARGETS = {
-    # layer fwd+bwd speed-up / its Amdahl bound: suites.lines, shared with backward-breakdown
-    "kept_over_p": 1.25,    # kept-column product / dense G_y·W0, in units of p_eff (at most)
+    # a layer's fwd+bwd speed-up / its Amdahl bound and its kept-column product: suites.lines (backward-breakdown)
     "step_amdahl": 0.80,    # training step speed-up / 1/(1 − s + s·p), s profiled (at least)
     "step_speedup": 1.0,    # and the step itself no slower than ours dense (at least): 0.8 of a ~1.1x bound
                             # alone passes a step 10% slower than dense
@@ -37,7 +36,7 @@ TARGETS = {
 
 @dataclass(frozen=True)
 class Sizes:
-    layer_model: str                                    # projection shapes of layers, attribution, kernels
+    layer_model: str                                    # projection shapes of smoke, attribution, kernels
     tokens: int                                         # N of those sections
     steps: dict[str, tuple[str, int, int, int]]         # section -> (model, decoder layers, batch, seq)
     convert_model: str
@@ -55,7 +54,7 @@ SIZES = {
 # them (the mode's budget, celora_bench.suite.budget_for, extends undecided checks for up to 160 s). On CUDA
 # each round also profiles one call of every callable (its device time).
 BUDGETS = {
-    "layers": TimingBudget(all_rounds=1, rounds=7, stages=(), cuda_warmup=3, cuda_reps=5),
+    "layer": TimingBudget(all_rounds=1, rounds=7, stages=(), cuda_warmup=3, cuda_reps=5),
     "steps": TimingBudget(all_rounds=1, rounds=5, stages=(), cuda_warmup=2, cuda_reps=2),
     "tiny": TimingBudget(all_rounds=1, rounds=3, stages=(), block_s=1e-3, cuda_warmup=1, cuda_reps=1),
 }
