@@ -94,6 +94,7 @@ class Check:
     those more rounds while the check is within noise. rounds: how many rounds its interval used.
     labels: the scope as fields, (name, value) pairs such as ("layer", "down_proj"), ("p", "0.25"),
     ("r0", "0"), ("mode", "lean"): exports give each its own column, so nothing parses scope back apart.
+    line: the number it was judged against (None: reported only), which a figure of checks draws beside it.
     """
 
     check: CheckId
@@ -109,6 +110,7 @@ class Check:
     reads: tuple[tuple[str, str], ...] = ()
     rounds: int = 0
     labels: tuple[tuple[str, str], ...] = ()
+    line: float | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -116,6 +118,22 @@ class Check:
         d["reads"] = [list(k) for k in self.reads]
         d["labels"] = [list(k) for k in self.labels]
         return d
+
+
+@dataclass(frozen=True)
+class CheckPlot:
+    """A figure drawn from a suite's checks alone (celora_bench.render.figures.check_plot): a row of panels per
+    CheckId in checks, a panel per value of the label `panel`, x the numeric label `x`, a marker per value of
+    the `series` labels; every point is a check's value with its interval and a dash at its line. One file
+    per value of the `split` labels: <prefix><values joined by "-">.png."""
+
+    prefix: str
+    caption: str
+    checks: tuple[CheckId, ...]
+    x: str
+    panel: str
+    series: tuple[str, ...] = ()
+    split: tuple[str, ...] = ()
 
 
 # CUDA quick: one look after the base rounds and one extension, under 25 s of run time, so that
@@ -184,6 +202,7 @@ class Suite:
     tables: Callable[[list], Sequence[Any]] = _no_tables          # its own tables, in its short answer too
     case_tables: Callable[[list], Sequence[Any]] = _no_tables     # per-case tables: `show --detail`, the report
     plots: Callable[..., list[str]] = _no_plots       # (rows, out_dir, machine) -> its figures' PNG paths
+    CHECK_PLOTS: tuple[CheckPlot, ...] = ()           # its figures of checks, drawn by the harness
     gated_case: Callable[[Any], bool] = _not_gated    # `gate --against` measures this case
 
     def __post_init__(self):

@@ -40,31 +40,36 @@ def test_the_quick_run_ends_with_a_short_answer_that_fits_120_columns():
     assert "verdict:" in text and f"show {RUN} --detail" in text
 
 
-def test_the_verdict_figure_draws_exactly_the_verdicts_values_and_intervals(tmp_path, monkeypatch):
-    """backward-breakdown's speedup- figure is drawn from checks 2 and 3: every point it draws (value and
-    interval, under the run's recorded between-run sd) is a row of the verdict `show` prints."""
-    import importlib
+def test_the_verdict_figure_draws_exactly_the_verdicts_values_intervals_and_lines(tmp_path, monkeypatch):
+    """backward-breakdown's speedup- figure (its CheckPlot, drawn by the harness): every error bar is a row of
+    the verdict `show` prints (value and interval, under the run's recorded between-run sd), every row of the
+    declared checks is a bar, and every line a judged row has is drawn as its dash."""
+    import matplotlib.axes
 
     from celora_bench.render import figures
+    from suites.backward_breakdown import plots
 
-    plots = importlib.import_module("suites.backward_breakdown.plots")
-    drawn = []
-    real = plots.speedup
-    monkeypatch.setattr(plots, "speedup", lambda checks, title, path, device="cpu": drawn.append(checks)
-                        or real(checks, title, path, device))
+    bars, dashes = [], []
+    real_bar, real_plot = matplotlib.axes.Axes.errorbar, matplotlib.axes.Axes.plot
+
+    def errorbar(self, x, y, yerr=None, **kw):
+        bars.append((round(y, 12), round(y - yerr[0][0], 12), round(y + yerr[1][0], 12)))
+        return real_bar(self, x, y, yerr=yerr, **kw)
+
+    def plot(self, *a, **kw):
+        if len(a) >= 2 and isinstance(a[1], list) and len(a[1]) == 2 and a[1][0] == a[1][1]:
+            dashes.append(round(a[1][0], 12))
+        return real_plot(self, *a, **kw)
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", errorbar)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
     run = results.load(RUN)
     paths = figures.plot(run, str(tmp_path))
-    assert any("speedup-" in p for p in paths) and len(drawn) == 1
-    table = {(c.check, c.labels): (c.value, c.lo, c.hi) for c in checks_of(run, "backward-breakdown")
-             if c.kind == "measured"}
-    shown = 0
-    for question in (plots.COST_CHECK, plots.AMDAHL_CHECK):
-        for layer, pts in plots.points(drawn[0], question).items():
-            for p, v, lo, hi, lab in pts:
-                key = next(k for k in table if k[0] == question and dict(k[1]) == lab)
-                assert table[key] == (v, lo, hi)
-                shown += 1
-    assert shown == 32                           # 4 layers x 4 CE-LoRA configurations x checks 2 and 3
+    assert any(os.path.basename(p).startswith(plots.SPEEDUP.prefix) for p in paths)
+    rows = [c for c in checks_of(run, "backward-breakdown") if c.check in plots.SPEEDUP.checks]
+    want = [(round(c.value, 12), round(c.lo if c.lo is not None else c.value, 12),
+             round(c.hi if c.hi is not None else c.value, 12)) for c in rows]
+    assert len(rows) == 40 and sorted(bars) == sorted(want)   # 4 layers x 4 configurations x 2 + 8 kept
+    assert sorted(dashes) == sorted(round(c.line, 12) for c in rows if c.line is not None)
 
 
 def test_the_readme_quotes_exactly_what_show_prints():

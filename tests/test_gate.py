@@ -51,7 +51,8 @@ def test_compare_detects_each_metric(tmp_path):
     found, cases = compare(base, cand, [Rule.parse(s) for s in
                                         ("time.median:10%", "flops:0%", "memory:5%", "check:15%")])
     bad = {(f.rule.split(":")[0], f.case_id) for f in found if f.regression}
-    cost = ("backward-breakdown/cost/model=m,layer=q_proj,N=4,r=2,provider=celora,p=0.5,r0=0,mode=lean")
+    cost = ("backward-breakdown/cost/model=m,layer=q_proj,N=4,r=2,dtype=float32,device=cpu,provider=celora,p=0.5,"
+            "r0=0,mode=lean")
     # time: both slower; flops: analytic changed on celora; memory: +10% on celora; the gated check, CE-LoRA's
     # G_y·W0 cost over dense's (the suite's verdict, as `show` prints it): 0.5 -> 0.75
     assert bad == {("time.median", d.id), ("time.median", c.id), ("flops", c.id), ("memory", c.id),

@@ -1,5 +1,6 @@
 """PNG figures of a run, read from the results file only: each suite's own (its `plots`, given the run's
-rows and machine), and the drawing they share: a roofline of any rows against the run's calibrated peaks."""
+rows and machine), its figures of checks (its CHECK_PLOTS, drawn here from the verdict `show` prints, so every
+point is a verdict row's value and interval), and a roofline of any rows against the run's calibrated peaks."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ import numpy as np  # noqa: E402
 from celora_bench import intervals, registry, roofline  # noqa: E402
 from celora_bench.models import layer_order  # noqa: E402
 from celora_bench.results import Run  # noqa: E402
+from celora_bench.suite import Check, CheckPlot  # noqa: E402
 
 
 def save(fig, out_dir: str, name: str, rect=None) -> str:
@@ -75,22 +77,70 @@ def roofline_plot(rows, peaks, title: str, path: str) -> str | None:
     return save(fig, *os.path.split(path), rect=(0, extra / fig.get_figheight(), 1, 1))
 
 
+MARKS = "osD^v<>p"
+
+
+def check_plot(spec: CheckPlot, checks: list[Check], out_dir: str) -> list[str]:
+    """The figures spec declares, from these checks alone: each point a check's value with its interval (an
+    error bar) and a dash at its line; markers by the spec's series labels, filled where the first differs."""
+    pts = [c for c in checks if c.check in spec.checks and c.value is not None
+           and spec.x in dict(c.labels) and spec.panel in dict(c.labels)]
+    files: dict[tuple, list[Check]] = {}
+    for c in pts:
+        files.setdefault(tuple(dict(c.labels).get(k, "") for k in spec.split), []).append(c)
+    paths = []
+    for key, cs in files.items():
+        labs = [dict(c.labels) for c in cs]
+        panels = list(dict.fromkeys(lab[spec.panel] for lab in labs))
+        series = list(dict.fromkeys(tuple(lab.get(k, "") for k in spec.series) for lab in labs))
+        fig, axes = plt.subplots(len(spec.checks), len(panels), figsize=(3.4 * len(panels), 3.0 * len(spec.checks)),
+                                 squeeze=False, sharex=True)
+        for c, lab in zip(cs, labs):
+            ax = axes[spec.checks.index(c.check)][panels.index(lab[spec.panel])]
+            si = series.index(tuple(lab.get(k, "") for k in spec.series))
+            x = float(lab[spec.x]) + 0.012 * (si - (len(series) - 1) / 2)
+            err = [[0.0], [0.0]] if c.lo is None else [[c.value - c.lo], [c.hi - c.value]]
+            ax.errorbar(x, c.value, yerr=err, fmt=MARKS[si % len(MARKS)], color=f"C{si % 10}", capsize=2,
+                        elinewidth=0.8, ms=5)
+            if c.line is not None:
+                ax.plot([x - 0.02, x + 0.02], [c.line, c.line], "k-", lw=1.2)
+        for i, cid in enumerate(spec.checks):
+            for j, panel in enumerate(panels):
+                ax = axes[i][j]
+                ax.grid(alpha=0.3)
+                ax.set_title(panel if i == 0 else "", fontsize=9)
+                ax.set_xlabel(spec.x if i == len(spec.checks) - 1 else "")
+            axes[i][0].set_ylabel(cid.title, fontsize=8)
+        handles = [plt.Line2D([], [], marker=MARKS[i % len(MARKS)], ls="", color=f"C{i % 10}")
+                   for i in range(len(series))] + [plt.Line2D([], [], color="k")]
+        names = [" ".join(f"{k}={v}" for k, v in zip(spec.series, s)) for s in series] + ["the check's line"]
+        fig.legend(handles, names, loc="lower center", ncol=min(5, len(names)), fontsize=8,
+                   bbox_to_anchor=(0.5, 0.0))
+        fig.suptitle(", ".join(f"{k} {v}" for k, v in zip(spec.split, key)))
+        name = spec.prefix + "-".join(v for v in key if v) + ".png"
+        paths.append(save(fig, out_dir, name, rect=(0, 0.5 / fig.get_figheight(), 1, 1)))
+    return paths
+
+
 def plot(run: Run, out_dir: str) -> list[str]:
-    """Each registered suite's own plots of its rows; returns the PNG paths."""
+    """Each registered suite's own plots of its rows, then its figures of checks; returns the PNG paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for suite in sorted({r.case.suite for r in run.rows} & set(registry.SUITES)):
-        # a plot drawn from checks gets the intervals the run's verdict has (its recorded between-run sd)
+        s = registry.get(suite)
         with intervals.run_effect(run.machine_info.get("run_sd", 0.0)):
-            paths += registry.get(suite).plots([r for r in run.rows if r.case.suite == suite], out_dir,
-                                               run.machine_info)
+            paths += s.plots([r for r in run.rows if r.case.suite == suite], out_dir, run.machine_info)
+        checks = registry.checks_of(run, suite) if s.CHECK_PLOTS else []     # the verdict `show` prints
+        for spec in s.CHECK_PLOTS:
+            paths += check_plot(spec, checks, out_dir)
     return paths
 
 
 def caption(path: str, suite: str) -> str:
     """What a plot file shows: its suite's caption for the file-name prefix."""
     base = os.path.basename(path)
-    known = registry.get(suite).PLOT_CAPTIONS if suite in registry.SUITES else {}
+    s = registry.get(suite) if suite in registry.SUITES else None
+    known = {**s.PLOT_CAPTIONS, **{p.prefix: p.caption for p in s.CHECK_PLOTS}} if s else {}
     for prefix, text in known.items():
         if base.startswith(prefix):
             return f"{text} ({base})"

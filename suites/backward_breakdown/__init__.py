@@ -127,5 +127,6 @@ def group_key(case: Case) -> tuple:
 
 SUITE = Suite(NAME=NAME, DESCRIPTION=DESCRIPTION, QUESTION=QUESTION, cases=cases, setup=setup,
               verdict=checks.verdict, CHECKS=checks.CHECKS, plots=plots.plots, PLOT_CAPTIONS=plots.PLOT_CAPTIONS,
+              CHECK_PLOTS=(plots.SPEEDUP,),
               WORKERS=WORKERS, JUDGED=JUDGED, GATED=GATED, gated_case=gated_case, group_key=group_key,
               case_tables=layer_bench.tables, SOL_SHOWN=SOL_SHOWN)

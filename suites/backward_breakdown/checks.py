@@ -159,7 +159,8 @@ def verdict(rows: list[Row], machine: dict | None = None) -> list[Check]:
     for g, cases_ in blocks.items():
         if len(cases_) > 1:
             checks += _labelled(_share_checks(idx, cases_, on, f"whole block ({g[0]}) N={g[1]} r={g[2]}"),
-                                (("model", g[0]), ("layer", "whole block"), ("N", str(g[1])), ("r", str(g[2]))))
+                                (("model", g[0]), ("layer", "whole block"), ("N", str(g[1])), ("r", str(g[2])),
+                                 ("dtype", g[3]), ("device", g[4])))
     for case in sorted({r.case for r in rows if r.case.provider == "peft"}, key=lambda c: c.id):
         base = dense.get((_group(case), case.layer))
         if base is not None:
@@ -239,7 +240,7 @@ def _dense_of(rows: list[Row], case: Case) -> Case | None:
 def _labels(case: Case) -> tuple[tuple[str, str], ...]:
     """The scope of a case's checks as fields (Check.labels)."""
     out = (("model", case.model), ("layer", case.layer), ("N", str(case.tokens)), ("r", str(case.rank)),
-           ("provider", case.provider))
+           ("dtype", case.dtype), ("device", case.device), ("provider", case.provider))
     if case.provider == "celora":
         out += (("p", f"{case.keep_ratio:g}"), ("r0", str(case.svd_rank)),
                 ("mode", "cached" if case.cache_rows else "lean"))
@@ -302,7 +303,7 @@ def _kept_check(idx, case: Case, base: Case, on: str) -> list[Check]:
                   + (_why(iv, status, line) if line is not None else ""), iv.lo, iv.hi,
                   kind="info" if line is None else "measured",
                   reads=((case.id, "detail.gather"), (case.id, "detail.kept_product"), (base.id, GRAD_X_FROZEN)),
-                  rounds=iv.rounds)]
+                  rounds=iv.rounds, line=line)]
 
 
 def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:
@@ -346,7 +347,7 @@ def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:
         out.append(Check(COST_CHECK, scope, f"time ratio incl. selection ({on})", iv.value,
                          f"<= {line:.3f} (1.15·k/m)", status,
                          f"ratio/p = {iv.value / p:.3f}" + _launch(c_row, d_row) + _why(iv, status, line),
-                         iv.lo, iv.hi, reads=reads, rounds=iv.rounds))
+                         iv.lo, iv.hi, reads=reads, rounds=iv.rounds, line=line))
     cw, dw = get["fwd+bwd"]
     if _timed(cw) and _timed(dw):
         def fraction(d_whole, c_whole, d_comp, s):
@@ -364,6 +365,6 @@ def _cost_checks(idx, case: Case, base: Case, on: str) -> list[Check]:
                              f"from share {share.value:.3f}, selection charged" + _launch(cw, dw)
                              + _why(iv, status, line), iv.lo, iv.hi,
                              reads=((base.id, "fwd+bwd"), (case.id, "fwd+bwd"), (base.id, GRAD_X_FROZEN))
-                             + sel_reads, rounds=iv.rounds))
+                             + sel_reads, rounds=iv.rounds, line=line))
     return out
 
