@@ -107,3 +107,28 @@ def test_the_breakdown_figure_draws_the_component_grids_medians(tmp_path, monkey
     printed = [re.match(r"([\d.]+)\*? ms", cell).group(1) for t in grids for row in t.rows if row[0] in plots.BWD
                for cell in row[1:] if cell != "—" and " ms" in cell]
     assert drawn and sorted(drawn) == sorted(printed)
+
+
+def test_the_roofline_figure_draws_the_speed_of_light_tables_points(tmp_path, monkeypatch):
+    """backward-breakdown's roofline- figure: every point it draws is a row of the speed-of-light table (`show
+    --detail`) for the providers it shows (dense LoRA, CE-LoRA r0 = 0 lean) and every row a point: (FLOP/B,
+    GFLOP/s) where the row has FLOPs, its GB/s on the bandwidth roof at the left edge (x = 0.15) where not."""
+    import matplotlib.axes
+
+    from celora_bench.render.tables import roofline_table
+    from suites import layer_bench
+
+    drawn = []
+    real = matplotlib.axes.Axes.loglog
+    monkeypatch.setattr(matplotlib.axes.Axes, "loglog", lambda self, x, y, *a, **kw: drawn.append(
+        ("GB/s", f"{y / x:.1f}") if x == 0.15 else (f"{x:.1f}", f"{y:.1f}")) or real(self, x, y, *a, **kw))
+    run = results.load(RUN)
+    rows = [r for r in run.rows if r.case.suite == "backward-breakdown"]
+    assert layer_bench.rooflines(rows, str(tmp_path), run.machine_info)
+    shown = [r for r in rows if r.case.provider == "dense" or (r.case.provider == "celora" and r.case.svd_rank == 0
+                                                               and not r.case.cache_rows)]
+    table = roofline_table("t", shown, run.machine_info)
+    cols = [c.name for c in table.columns]
+    want = [(row[cols.index("FLOP/B")], row[cols.index("GFLOP/s")]) if float(row[cols.index("GFLOP")]) > 0
+            else ("GB/s", row[cols.index("GB/s")]) for row in table.rows]
+    assert drawn and sorted(drawn) == sorted(want)
