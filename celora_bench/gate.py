@@ -46,7 +46,8 @@ def _key(f: Finding) -> tuple[str, str, str]:
 
 
 def _group(case) -> tuple:
-    return case.suite, registry.get(case.suite).group_key(case)
+    """What the case is timed together with: its suite's group_key (a suite not registered here: itself)."""
+    return case.suite, (registry.get(case.suite).group_key(case) if case.suite in registry.SUITES else case.id)
 
 
 def recheck_ids(findings: list[Finding], run: Run) -> list[str]:
