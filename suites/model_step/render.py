@@ -13,19 +13,21 @@ from suites.causal_lm import time_share
 from suites.model_step.checks import PROVIDERS, _by, _group
 
 
-def bwd_ms(by, case) -> str:
-    """The backward's median ms, derived: fwd+bwd minus fwd (both timed in the same rounds)."""
-    whole, fwd = by.get((case, "fwd+bwd")), by.get((case, "fwd"))
-    if whole is None or fwd is None or not whole.samples or not fwd.samples:
-        return "—"
-    return f"{(whole.time.median - fwd.time.median) * 1e3:.1f}"
+def bwd_s(comps: dict[str, Row]) -> float | None:
+    """The backward's median seconds, for the table and the figure alike: fwd+bwd minus fwd (both timed in the
+    same rounds), or the backward timed alone in files from before fwd+bwd was."""
+    whole, fwd, alone = comps.get("fwd+bwd"), comps.get("fwd"), comps.get("bwd")
+    if whole is not None and fwd is not None and whole.samples and fwd.samples:
+        return whole.time.median - fwd.time.median
+    return alone.time.median if alone is not None and alone.samples else None
 
 def summary_table(rows: list[Row]):
-    t = Table(title="model-step: one training step", caption=f"times: median ms (* IQR/median > 10%); "
-              f"× peft / × dense: step speed-up against peft as users get it and against our dense LoRA "
+    t = Table(title="model-step: one training step",
+              caption=f"times: median ms (* IQR/median > 10%; bwd: fwd+bwd minus fwd, or timed alone in older "
+              f"files); × peft / × dense: step speed-up against peft as users get it and against our dense LoRA "
               f"(FLOP-predicted in brackets); memory MiB (peak RSS/CUDA over the step); G_y·W0 share: of one "
               f"profiled step's kernel time (CUDA) or op time (CPU); {CONVENTION}")
-    for col in ("model", "tokens", "provider", "fwd ms", "bwd ms (derived)", "optimizer ms", "step ms", "× peft",
+    for col in ("model", "tokens", "provider", "fwd ms", "bwd ms", "optimizer ms", "step ms", "× peft",
                 "× dense (pred.)", "step peak MiB", "GFLOP step (counted)", "GFLOP G_y·W0", "G_y·W0 time share",
                 "trainable MiB"):
         t.add_column(col, justify="left" if col in ("model", "provider") else "right")
@@ -38,6 +40,10 @@ def summary_table(rows: list[Row]):
         def ms(comp):
             r = by.get((case, comp))
             return "—" if r is None or r.time is None else f"{r.time.median * 1e3:.1f}{'*' if r.time.spread else ''}"
+
+        def bwd(case):
+            b = bwd_s({comp: r for (c, comp), r in by.items() if c == case})
+            return "—" if b is None else f"{b * 1e3:.1f}"
 
         def gf(comp, attr="flops_counted"):
             r = by.get((case, comp))
@@ -56,7 +62,7 @@ def summary_table(rows: list[Row]):
         step = by.get((case, "step"))
         state = by.get((case, "state"))
         share, _ = time_share(by.get((case, "step.alloc")))
-        t.add_row(case.model, str(case.tokens), case.provider, ms("fwd"), bwd_ms(by, case), ms("optimizer"), ms("step"),
+        t.add_row(case.model, str(case.tokens), case.provider, ms("fwd"), bwd(case), ms("optimizer"), ms("step"),
                   vs("peft"), vs("dense", flops=True),
                   "—" if step is None or step.mem_bytes is None else f"{step.mem_bytes / 2**20:.0f}",
                   gf("step"), gf(GRAD_X_FROZEN), "—" if share is None else f"{share:.3f}",
@@ -79,10 +85,9 @@ def step_phases(rows, out_dir: str) -> list[str]:
         for yi, prov in enumerate(provs):
             left = 0.0
             comps = groups[(model, tokens)][prov]
-            med = {n: comps[n].time.median * 1e3 for n in ("fwd", "fwd+bwd", "bwd", "optimizer") if n in comps}
-            bwd = med["bwd"] if "bwd" in med else med["fwd+bwd"] - med["fwd"]     # older files timed bwd alone
-            for ci, (phase, w) in enumerate((("fwd", med["fwd"]), ("bwd", bwd),
-                                             ("optimizer", med["optimizer"]))):
+            phases = (("fwd", comps["fwd"].time.median), ("bwd", bwd_s(comps)),
+                      ("optimizer", comps["optimizer"].time.median))
+            for ci, (phase, w) in enumerate((name, v * 1e3) for name, v in phases):
                 ax.barh(yi, w, left=left, color=f"C{ci}", label=phase if yi == 0 else None)
                 left += w
             ax.text(left, yi, f" {left:.1f}", va="center", fontsize=8)
