@@ -44,3 +44,20 @@ def test_the_error_figure_draws_the_approx_error_tables_means(tmp_path, monkeypa
     t = approx_render.summary_table(rows)
     gx = {e for kind, e in zip(_column(t, "kind"), _column(t, "mean rel. error")) if kind == "gx"}
     assert drawn and set(drawn) <= gx
+
+
+def test_the_convergence_figure_ends_each_held_out_curve_at_the_tables_final_mean(tmp_path, monkeypatch):
+    """convergence's loss figure: each arm's held-out curve (mean over seeds) ends at the "final" mean of the
+    summary table for that task and arm."""
+    from suites.convergence import render as conv_render
+
+    drawn = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, x, y, *a, **kw: drawn.append(
+        (self, kw.get("label"), f"{y[-1]:.4f}")) or real(self, x, y, *a, **kw))
+    rows = results.load("results/readme/convergence-quick.json").rows
+    assert conv_render.plot(rows, str(tmp_path))
+    held_out = {(arm, end) for ax, arm, end in drawn if ax.get_title().startswith("held-out")}
+    t = conv_render.summary_table(rows)
+    table = {(arm, final.split(" ± ")[0]) for arm, final in zip(_column(t, "arm"), _column(t, "final"))}
+    assert len(held_out) == len(table) > 1 and held_out == table
