@@ -61,3 +61,21 @@ def test_the_convergence_figure_ends_each_held_out_curve_at_the_tables_final_mea
     t = conv_render.summary_table(rows)
     table = {(arm, final.split(" ± ")[0]) for arm, final in zip(_column(t, "arm"), _column(t, "final"))}
     assert len(held_out) == len(table) > 1 and held_out == table
+
+
+def test_the_medium_trade_off_figure_draws_the_medium_tables_step_times_and_means(tmp_path, monkeypatch):
+    """convergence --medium's trade-off figure: each arm's point is its table row's step ms (x) and its accuracy
+    or held-out loss mean (y), the y bar that row's sd."""
+    from suites.convergence import render as conv_render
+
+    drawn = []
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda self, x, y, *a, **kw: drawn.append(
+        (kw.get("label"), f"{x[0]:.1f}", f"{y[0]:.4f} ± {kw['yerr'][0]:.4f}")) or real(self, x, y, *a, **kw))
+    rows = results.load("results/readme/convergence-smollm2-medium.json").rows
+    assert len(conv_render.medium_plots(rows, str(tmp_path))) == 2
+    t = conv_render.medium_table(rows)
+    table = {(arm, ms.split(" [")[0], v) for arm, ms, acc, loss in zip(
+        _column(t, "arm"), _column(t, "step ms [95%]"), _column(t, "accuracy %"), _column(t, "held-out loss"))
+        for v in (acc, loss)}
+    assert drawn and set(drawn) == table
