@@ -82,7 +82,8 @@ MARKS = "osD^v<>p"
 
 def check_plot(spec: CheckPlot, checks: list[Check], out_dir: str) -> list[str]:
     """The figures spec declares, from these checks alone: each point a check's value with its interval (an
-    error bar) and a dash at its line; markers by the spec's series labels, filled where the first differs."""
+    error bar) and a dash at its line; one marker and colour per value of the spec's series labels, offset a
+    little along x so that points at one x stay apart."""
     pts = [c for c in checks if c.check in spec.checks and c.value is not None
            and spec.x in dict(c.labels) and spec.panel in dict(c.labels)]
     files: dict[tuple, list[Check]] = {}
